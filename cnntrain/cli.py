@@ -1,0 +1,110 @@
+"""The `cnntrain` command: thin click commands that parse, call one function, and print.
+
+No NumPy here (it is imported by the functions the commands call), so `--help` starts fast.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import click
+
+from .errors import CnnTrainError
+
+
+class Group(click.Group):
+    """Turns CnnTrainError into one line on stderr and its exit code (2 config/usage, 1 runtime)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except CnnTrainError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="cnntrain")
+def cli():
+    """Train and understand convolutional networks written in plain NumPy."""
+
+
+def _pct(value) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}%"
+
+
+@cli.command()
+@click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
+              help="Override a config key, e.g. --set optimizer.lr=0.01 (value read as YAML). Repeatable.")
+@click.option("--name", help="Run name (default: the config's name, else the file name).")
+@click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False),
+              help="Where run directories are created.")
+@click.option("--print-config", is_flag=True, help="Print the resolved config (defaults filled in) and exit.")
+def run(config, overrides, name, runs_dir, print_config):
+    """Train the network described by the experiment file CONFIG."""
+    from .config import load_config
+
+    cfg = load_config(config, overrides)
+    if name is not None:
+        from .config import config_from_dict
+
+        cfg = config_from_dict({**cfg.to_dict(), "name": name}, cfg.source)
+    if print_config:
+        click.echo(cfg.to_yaml(), nl=False)
+        return
+    from .experiment import train_from_config
+
+    s = train_from_config(cfg, runs_dir, echo=lambda line: click.echo(line, err=True))
+    click.echo(f"{s['name']}: test accuracy {_pct(s['test_accuracy'])} (loss {s['test_loss']:.4f}), "
+               f"best val accuracy {_pct(s['best_val_accuracy'])} at epoch {s['best_epoch']}, "
+               f"{s['epochs']} epochs in {s['train_seconds']:.1f} s ({s['images_per_second']:,.0f} images/s); "
+               f"run directory {s['run_dir']}")
+
+
+@cli.command("eval")
+@click.argument("target", metavar="CHECKPOINT_OR_RUN_DIR", type=click.Path(exists=True))
+@click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Images per forward pass (default: the config's).")
+def eval_(target, split, as_json, batch_size):
+    """Loss, accuracy, per-class accuracy and confusion matrix of a checkpoint.
+
+    A run directory means its checkpoints/best.npz. The confusion matrix is also
+    saved as a PNG beside the run.
+    """
+    from .experiment import evaluate_checkpoint
+    from .plots import plot_confusion
+
+    result = evaluate_checkpoint(target, split, batch_size, log=lambda line: click.echo(line, err=True))
+    ckpt = Path(result["checkpoint"])
+    out_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    png = out_dir / f"confusion_{split}_{ckpt.stem}.png"
+    plot_confusion(result["confusion_matrix"], result["classes"], png,
+                   f"{split} split, {ckpt.name}: accuracy {_pct(result['accuracy'])}")
+    result["confusion_png"] = str(png)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    click.echo(f"{result['checkpoint']} (epoch {result['epoch']}) on {split}: {result['n']} images")
+    click.echo(f"loss {result['loss']:.4f}  accuracy {_pct(result['accuracy'])}")
+    click.echo("per-class accuracy:")
+    for name, acc in result["per_class_accuracy"].items():
+        click.echo(f"  {name:>12}  {_pct(acc)}")
+    classes = result["classes"]
+    width = max(5, max(len(str(c)) for c in classes) + 1)
+    click.echo("confusion matrix (rows: true class, columns: predicted):")
+    click.echo(" " * width + "".join(f"{str(c)[:width - 1]:>{width}}" for c in classes))
+    for c, row in zip(classes, result["confusion_matrix"]):
+        click.echo(f"{str(c)[:width - 1]:>{width}}" + "".join(f"{v:>{width}}" for v in row))
+    click.echo(f"confusion matrix figure: {png}")
+
+
+def main():
+    cli(prog_name="cnntrain")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,294 @@
+"""Experiment files: YAML -> defaults -> --set overrides -> validated dataclasses.
+
+Every default is declared once, below, as a dataclass field with a comment; the
+README's config reference is written from these. Errors name the file and the
+key path: `configs/x.yaml: optimizer.lrr: unknown key (did you mean 'lr'?)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+from .errors import ConfigError
+from .registry import DATASETS, LAYERS, LOSSES, OPTIMIZERS, SCHEDULES, did_you_mean
+
+
+class _Loader(yaml.SafeLoader):
+    """safe_load, but `1e-3` is a float as in YAML 1.2 (PyYAML's YAML 1.1 reads it as a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                   |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                   |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                   |[-+]?\.(?:inf|Inf|INF)
+                   |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """YAML text -> Python data with the safe loader; ConfigError naming `source` on any error."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f"line {mark.line + 1}, column {mark.column + 1}: "
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{source}: {where}invalid YAML: {problem}") from None
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "mnist"                    # registered dataset: mnist | fashion_mnist
+    root: Optional[str] = None                # searched first, then $CNNTRAIN_DATA, ~/.cache/cnntrain, /usr/share/datasets
+    download: bool = True                     # fetch missing files from public mirrors (checksum-verified, cached)
+    mirror: Optional[str] = None              # a base URL tried before the public mirrors
+    validation: Union[int, float] = 5000      # images held out of the training set (a float in (0, 1) is a fraction)
+    split_seed: int = 0                       # which images are held out; fixed so every seed shares one validation set
+    limit_train: Optional[int] = None         # use only the first N training images (quick experiments)
+    limit_val: Optional[int] = None           # use only the first N validation images
+    limit_test: Optional[int] = None          # use only the first N test images
+    preprocess: list = field(default_factory=list)  # steps after scaling pixels to [0, 1], e.g. [{normalize: {mean: 0.1307, std: 0.3081}}]
+
+
+@dataclass
+class ModelConfig:
+    layers: list = field(default_factory=list)  # layer entries: `- relu` or `- conv2d: {filters: 8, ...}`
+    input_shape: Optional[list] = None          # [channels, height, width]; default: the dataset's image shape
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 5                # passes over the training set
+    batch_size: int = 64           # images per optimizer step
+    shuffle: bool = True           # reshuffle the training set every epoch (seeded)
+    eval_batch_size: int = 1000    # images per forward pass when evaluating (memory only, no effect on results)
+
+
+@dataclass
+class Config:
+    model: ModelConfig
+    name: Optional[str] = None     # run name; default: the experiment file's name
+    seed: int = 0                  # seeds initialisation, shuffling and dropout
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: Any = "softmax_cross_entropy"                                   # registered loss
+    optimizer: dict = field(default_factory=lambda: {"name": "adam"})     # {name, lr, weight_decay, ...options}
+    schedule: dict = field(default_factory=lambda: {"name": "constant"})  # {name, ...options}
+    train: TrainConfig = field(default_factory=TrainConfig)
+    source: str = field(default="<config>", repr=False)                   # where it came from (not saved)
+
+    @property
+    def layer_specs(self) -> list[tuple[str, dict]]:
+        return [layer_entry(entry, f"model.layers[{i}]") for i, entry in enumerate(self.model.layers)]
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out.pop("source")
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+
+
+def layer_entry(entry, where: str) -> tuple[str, dict]:
+    """`relu` or `{conv2d: {filters: 8}}` -> ("conv2d", {"filters": 8})."""
+    if isinstance(entry, str):
+        name, kwargs = entry, {}
+    elif isinstance(entry, dict) and len(entry) == 1:
+        ((name, kwargs),) = entry.items()
+        kwargs = {} if kwargs is None else kwargs
+        if not isinstance(kwargs, dict):
+            raise ConfigError(f"{where}.{name}: expected a mapping of options, got {kwargs!r}")
+    else:
+        raise ConfigError(f"{where}: expected a layer name or {{name: {{options}}}}, got {entry!r}")
+    LAYERS.get(name, where)
+    return name, kwargs
+
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Union:
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list",
+            dict: "a mapping", type(None): "null"}.get(origin or tp, str(tp))
+
+
+def _check(value, tp, path: str):
+    """value if it matches the annotation tp (an int is a valid float); ConfigError otherwise."""
+    if tp is Any:
+        return value
+    if typing.get_origin(tp) is Union:
+        for option in typing.get_args(tp):
+            try:
+                return _check(value, option, path)
+            except ConfigError:
+                pass
+    elif tp is type(None):
+        if value is None:
+            return None
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(value, tp):
+        return value
+    raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _build(cls, data, path: str):
+    """Recursively turn a mapping into dataclass `cls`, checking keys and types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or 'top level'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    for key in data:
+        if key not in fields:
+            raise ConfigError(f"{path + '.' if path else ''}{key}: unknown key{did_you_mean(key, fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        sub = f"{path}.{name}" if path else name
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{sub}: required key is missing")
+            continue
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, data[name] if data[name] is not None else {}, sub)
+        else:
+            kwargs[name] = _check(data[name], tp, sub)
+    return cls(**kwargs)
+
+
+def _named_section(value, path: str, registry, default_name: str) -> dict:
+    """`adam` or {name: adam, lr: ...} -> {name, every option with its default filled in}."""
+    if value is None:
+        value = {"name": default_name}
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: expected a name or a mapping with 'name', got {value!r}")
+    value = dict(value)
+    name = value.pop("name", default_name)
+    if not isinstance(name, str):
+        raise ConfigError(f"{path}.name: expected a string, got {name!r}")
+    cls = registry.get(name, f"{path}.name")
+    defaults = {}
+    for p in inspect.signature(cls).parameters.values():
+        if p.default is not inspect.Parameter.empty:
+            default = p.default
+            defaults[p.name] = list(default) if isinstance(default, tuple) else default
+    allowed = list(defaults) + [p for p in inspect.signature(cls).parameters if p not in defaults]
+    for key in value:
+        if key not in allowed:
+            raise ConfigError(f"{path}.{key}: unknown option for {registry.kind} '{name}'"
+                              f"{did_you_mean(key, allowed)}; options: {', '.join(allowed)}")
+    return {"name": name, **defaults, **value}
+
+
+def _resolve(cfg: Config) -> Config:
+    """Fill registry defaults into named sections and check what the dataclasses cannot."""
+    cfg.optimizer = _named_section(cfg.optimizer, "optimizer", OPTIMIZERS, "adam")
+    cfg.schedule = _named_section(cfg.schedule, "schedule", SCHEDULES, "constant")
+    cfg.schedule.pop("lr", None)  # the schedule's base lr is optimizer.lr
+    if not isinstance(cfg.loss, str):
+        raise ConfigError(f"loss: expected a loss name, got {cfg.loss!r}")
+    LOSSES.get(cfg.loss, "loss")
+    DATASETS.get(cfg.data.dataset, "data.dataset")
+    if not cfg.model.layers:
+        raise ConfigError("model.layers: the network needs at least one layer")
+    for i, (name, kwargs) in enumerate(cfg.layer_specs):  # option errors now, not after loading data
+        LAYERS.create(name, kwargs, where=f"model.layers[{i}].{name}")
+    OPTIMIZERS.create(cfg.optimizer["name"], {k: v for k, v in cfg.optimizer.items() if k != "name"}, "optimizer")
+    SCHEDULES.create(cfg.schedule["name"], {"lr": 1.0, **{k: v for k, v in cfg.schedule.items() if k != "name"}},
+                     "schedule")
+    for key in ("epochs", "batch_size", "eval_batch_size"):
+        if getattr(cfg.train, key) < 1:
+            raise ConfigError(f"train.{key}: must be >= 1, got {getattr(cfg.train, key)}")
+    v = cfg.data.validation
+    if v < 0 or (isinstance(v, float) and v >= 1):
+        raise ConfigError(f"data.validation: expected an image count >= 0 or a fraction in [0, 1), got {v}")
+    for key in ("limit_train", "limit_val", "limit_test"):
+        value = getattr(cfg.data, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"data.{key}: must be >= 1 or null, got {value}")
+    shape = cfg.model.input_shape
+    if shape is not None and (len(shape) != 3 or not all(isinstance(s, int) and s >= 1 for s in shape)):
+        raise ConfigError(f"model.input_shape: expected [channels, height, width] of positive integers, got {shape!r}")
+    if cfg.name is not None and (not re.fullmatch(r"[A-Za-z0-9_.-]+", cfg.name) or cfg.name.startswith(".")):
+        raise ConfigError(f"name: use letters, digits, '_', '-' and '.', got {cfg.name!r}")
+    return cfg
+
+
+def apply_override(data: dict, assignment: str) -> None:
+    """Apply one `key.path=value` (value parsed as YAML) to the raw config mapping in place."""
+    key, sep, text = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {assignment}: expected KEY.PATH=VALUE")
+    value = parse_yaml(text, f"--set {assignment}")
+    parts = key.strip().split(".")
+    node = data
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        where = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"--set {assignment}: {where}: expected a list index below {len(node)}")
+            part = int(part)
+            if isinstance(node[part], str) and not last:
+                node[part] = {node[part]: {}}
+        elif isinstance(node, dict):
+            if not last and node.get(part) is None:
+                node[part] = {}
+        else:
+            raise ConfigError(f"--set {assignment}: {'.'.join(parts[:i])} is not a mapping")
+        if last:
+            node[part] = value
+        else:
+            node = node[part]
+
+
+def config_from_dict(data, source: str = "<config>", overrides=(), default_name: str | None = None) -> Config:
+    """Validate a raw mapping (plus overrides) into a resolved Config; errors are prefixed by source."""
+    try:
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"top level: expected a mapping of sections, got {type(data).__name__}")
+        for assignment in overrides:
+            apply_override(data, assignment)
+        cfg = _resolve(_build(Config, data, ""))
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    if cfg.name is None:
+        cfg.name = default_name or "run"
+    cfg.source = source
+    return cfg
+
+
+def load_config(path, overrides=()) -> Config:
+    """Read, override and validate an experiment file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return config_from_dict(parse_yaml(text, str(path)), str(path), overrides, default_name=path.stem)
+
+
+def config_from_text(text: str, source: str) -> Config:
+    """A resolved config saved as text (config.yaml, checkpoints) back into a Config."""
+    return config_from_dict(parse_yaml(text, source), source)

@@ -1,0 +1,52 @@
+"""Splits and mini-batches over uint8 image arrays, converted to float32 one batch at a time."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+SHUFFLE_STREAM = 1  # spawn_key component that separates shuffling from other seeded streams
+
+
+def holdout(n: int, validation, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val) with `validation` images (or a fraction) held out at random, both sorted."""
+    n_val = int(round(validation * n)) if isinstance(validation, float) else int(validation)
+    if n_val >= n:
+        raise ValueError(f"validation holds out {n_val} of only {n} training images")
+    perm = np.random.default_rng(split_seed).permutation(n)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
+    """The sample order of one epoch: a function of (seed, epoch) alone, so resuming needs no RNG state."""
+    if not shuffle:
+        return np.arange(n)
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(SHUFFLE_STREAM, epoch))).permutation(n)
+
+
+class BatchLoader:
+    """Yields (x float32 (B, C, H, W), y int64 (B,)) in a seeded per-epoch order; the last batch may be short."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, preprocess, shuffle: bool = True,
+                 seed: int = 0):
+        if len(x) != len(y):
+            raise ValueError(f"{len(x)} images but {len(y)} labels")
+        self.x, self.y = x, y
+        self.batch_size, self.preprocess, self.shuffle, self.seed = batch_size, preprocess, shuffle, seed
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.x) / self.batch_size)
+
+    def epoch(self, epoch: int, start: int = 0):
+        """Batches of `epoch` from batch index `start` on."""
+        order = epoch_order(len(self.x), self.seed, epoch, self.shuffle)
+        for i in range(start * self.batch_size, len(order), self.batch_size):
+            idx = order[i : i + self.batch_size]
+            yield self.preprocess(self.x[idx]), self.y[idx]
+
+
+def batches(x: np.ndarray, y: np.ndarray, batch_size: int, preprocess):
+    """In-order batches for evaluation."""
+    for i in range(0, len(x), batch_size):
+        yield preprocess(x[i : i + batch_size]), y[i : i + batch_size]

@@ -1,0 +1,227 @@
+"""Config -> objects -> fit() -> run directory. The one place that knows all three."""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .config import Config, config_from_text
+from .data.loader import BatchLoader, holdout
+from .data.transforms import Preprocess
+from .errors import ConfigError, RunError
+from .metrics import confusion_matrix, per_class_accuracy
+from .model import Sequential, build_model
+from .optim.schedules import build_schedule
+from .registry import DATASETS, LOSSES, OPTIMIZERS, PREPROCESS
+from .runs import (CSVLogger, atomic_write_text, find_checkpoint, json_number, load_checkpoint, make_run_dir,
+                   save_checkpoint, write_json)
+from .train import Callback, TrainState, evaluate, fit
+
+MODEL_STREAM = 0  # spawn_key of the generator that initialises weights and draws dropout masks
+
+
+@dataclass
+class Splits:
+    """uint8 images and int64 labels of each split, with the class names."""
+
+    train: tuple[np.ndarray, np.ndarray]
+    val: tuple[np.ndarray, np.ndarray]
+    test: tuple[np.ndarray, np.ndarray]
+    classes: tuple[str, ...]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train[0].shape[1:])
+
+
+def _limit(split, n):
+    return split if n is None else (split[0][:n], split[1][:n])
+
+
+def load_splits(cfg: Config, log=None) -> Splits:
+    """The dataset of cfg.data, with the validation images held out and the limits applied."""
+    data = cfg.data
+    ds = DATASETS.get(data.dataset, "data.dataset")(root=data.root, download=data.download, mirror=data.mirror, log=log)
+    try:
+        train_idx, val_idx = holdout(len(ds.train_y), data.validation, data.split_seed)
+    except ValueError as exc:
+        raise ConfigError(f"{cfg.source}: data.validation: {exc}") from None
+    train = _limit((ds.train_x[train_idx], ds.train_y[train_idx]), data.limit_train)
+    val = _limit((ds.train_x[val_idx], ds.train_y[val_idx]), data.limit_val)
+    return Splits(train, val, _limit((ds.test_x, ds.test_y), data.limit_test), tuple(ds.classes))
+
+
+def make_preprocess(cfg: Config, channels: int) -> Preprocess:
+    steps = []
+    for i, entry in enumerate(cfg.data.preprocess):
+        where = f"data.preprocess[{i}]"
+        if isinstance(entry, str):
+            entry = {entry: {}}
+        if not (isinstance(entry, dict) and len(entry) == 1):
+            raise ConfigError(f"{cfg.source}: {where}: expected a step name or {{name: {{options}}}}, got {entry!r}")
+        ((name, kwargs),) = entry.items()
+        steps.append(PREPROCESS.create(name, kwargs or {}, where=f"{cfg.source}: {where}.{name}"))
+    try:
+        return Preprocess(steps, channels)
+    except ValueError as exc:
+        raise ConfigError(f"{cfg.source}: data.preprocess: {exc}") from None
+
+
+def build_network(cfg: Config, input_shape, n_classes: int | None = None) -> tuple[Sequential, object]:
+    """The model (built, seeded) and the loss; ConfigError when they cannot fit the data."""
+    if cfg.model.input_shape is not None and tuple(cfg.model.input_shape) != tuple(input_shape):
+        raise ConfigError(f"{cfg.source}: model.input_shape: {list(cfg.model.input_shape)} does not match the "
+                          f"dataset's images {list(input_shape)} (channels, height, width)")
+    rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(MODEL_STREAM,)))
+    try:
+        model = build_model(cfg.layer_specs, input_shape, rng)
+    except ConfigError as exc:
+        raise ConfigError(f"{cfg.source}: {exc}") from None
+    loss = LOSSES.create(cfg.loss, {}, where=f"{cfg.source}: loss")
+    if n_classes is not None:
+        try:
+            loss.check_output(model.out_shape, n_classes)
+        except ValueError as exc:
+            raise ConfigError(f"{cfg.source}: model.layers: {exc}") from None
+    model.rng = rng
+    return model, loss
+
+
+def build_optimizer(cfg: Config):
+    opts = {k: v for k, v in cfg.optimizer.items() if k != "name"}
+    return OPTIMIZERS.create(cfg.optimizer["name"], opts, where=f"{cfg.source}: optimizer")
+
+
+def rng_state(rng: np.random.Generator) -> dict:
+    return rng.bit_generator.state
+
+
+class Checkpointer(Callback):
+    """Saves checkpoints/last.npz every epoch and best.npz when validation accuracy improves."""
+
+    def __init__(self, run_dir: Path, cfg: Config, model: Sequential, optimizer, classes):
+        self.dir = run_dir / "checkpoints"
+        self.config_text = cfg.to_yaml()
+        self.model, self.optimizer, self.classes = model, optimizer, list(classes)
+        self.best_state = None
+
+    def save(self, name: str, state: TrainState) -> None:
+        meta = {"epoch": state.epoch, "step": state.step, "best_val_acc": json_number(state.best_val_acc),
+                "best_epoch": state.best_epoch, "classes": self.classes, "rng": rng_state(self.model.rng),
+                "input_shape": list(self.model.in_shape), "cnntrain_version": __version__}
+        save_checkpoint(self.dir / name, self.config_text, meta,
+                        {**self.model.state_dict(), **self.optimizer.state_dict()})
+
+    def on_epoch_end(self, state, logs):
+        monitored = logs["val_acc"] if math.isfinite(logs["val_acc"]) else logs["train_acc"]
+        improved = monitored > state.best_val_acc
+        if improved:
+            state.best_val_acc, state.best_epoch = monitored, state.epoch
+        self.save("last.npz", state)
+        if improved:
+            self.save("best.npz", state)
+            self.best_state = {k: v.copy() for k, v in self.model.state_dict().items()}
+
+
+class PlotCallback(Callback):
+    """Redraws loss.png, accuracy.png and lr.png after every epoch, so a long run can be watched."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+
+    def on_epoch_end(self, state, logs):
+        from .plots import plot_run
+
+        plot_run(self.run_dir)
+
+
+def versions() -> dict:
+    return {"cnntrain": __version__, "python": platform.python_version(), "numpy": np.__version__}
+
+
+def train_from_config(cfg: Config, runs_dir="runs", echo=print, progress=None) -> dict:
+    """Train cfg end to end into a new run directory; returns summary.json's content."""
+    splits = load_splits(cfg, log=echo)
+    model, loss = build_network(cfg, splits.input_shape, len(splits.classes))
+    optimizer = build_optimizer(cfg)
+    loader = BatchLoader(*splits.train, cfg.train.batch_size, make_preprocess(cfg, splits.input_shape[0]),
+                         shuffle=cfg.train.shuffle, seed=cfg.seed)
+    schedule = build_schedule(cfg.schedule["name"], {k: v for k, v in cfg.schedule.items() if k != "name"},
+                              cfg.optimizer["lr"], len(loader), len(loader) * cfg.train.epochs,
+                              where=f"{cfg.source}: schedule")
+    run_dir = make_run_dir(runs_dir, cfg.name)
+    echo(f"run directory: {run_dir}")
+    atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+    summary = {"name": cfg.name, "status": "running", "seed": cfg.seed, "run_dir": str(run_dir),
+               "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "params": model.num_params(),
+               "train_images": len(splits.train[1]), "val_images": len(splits.val[1]),
+               "test_images": len(splits.test[1]), "versions": versions()}
+    write_json(run_dir / "summary.json", summary)
+
+    from .progress import ProgressBar
+
+    checkpointer = Checkpointer(run_dir, cfg, model, optimizer, splits.classes)
+    callbacks = [ProgressBar(cfg.train.epochs, bar=progress), CSVLogger(run_dir), checkpointer, PlotCallback(run_dir)]
+    try:
+        state = fit(model, loss, optimizer, schedule, loader, splits.val, cfg.train.epochs, callbacks,
+                    eval_batch_size=cfg.train.eval_batch_size)
+    except RunError:
+        write_json(run_dir / "summary.json", {**summary, "status": "diverged"})
+        raise
+    except BaseException:
+        write_json(run_dir / "summary.json", {**summary, "status": "failed"})
+        raise
+
+    if checkpointer.best_state is not None:
+        model.load_state_dict(checkpointer.best_state)
+    test_loss, test_acc, _ = evaluate(model, loss, *splits.test, loader.preprocess, cfg.train.eval_batch_size)
+    last = state.history[-1]
+    summary.update({
+        "status": "completed", "epochs": state.epoch, "steps": state.step,
+        "test_loss": json_number(test_loss), "test_accuracy": json_number(test_acc), "test_checkpoint": "best.npz",
+        "best_val_accuracy": json_number(state.best_val_acc), "best_epoch": state.best_epoch,
+        "final_train_loss": json_number(last["train_loss"]), "final_train_accuracy": json_number(last["train_acc"]),
+        "final_val_loss": json_number(last["val_loss"]), "final_val_accuracy": json_number(last["val_acc"]),
+        "train_seconds": round(state.train_seconds, 3),
+        "images_per_second": round(state.images_seen / state.train_seconds, 1) if state.train_seconds else None,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    })
+    write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def load_model(checkpoint) -> tuple[Config, dict, Sequential, object]:
+    """(config, meta, model with the checkpoint's weights, loss) from a checkpoint file."""
+    config_text, meta, arrays = load_checkpoint(checkpoint)
+    try:
+        cfg = config_from_text(config_text, f"{checkpoint} (embedded config)")
+    except ConfigError as exc:
+        raise RunError(str(exc)) from None
+    model, loss = build_network(cfg, tuple(meta["input_shape"]), len(meta["classes"]))
+    try:
+        model.load_state_dict({k: v for k, v in arrays.items() if not k.startswith("optim/")}, str(checkpoint))
+    except ValueError as exc:
+        raise RunError(str(exc)) from None
+    return cfg, meta, model, loss
+
+
+def evaluate_checkpoint(path, split: str = "test", batch_size: int | None = None, log=None) -> dict:
+    """Loss, accuracy, per-class accuracy and confusion matrix of a checkpoint on one split."""
+    checkpoint = find_checkpoint(path)
+    cfg, meta, model, loss = load_model(checkpoint)
+    splits = load_splits(cfg, log=log)
+    x, y = getattr(splits, split)
+    preprocess = make_preprocess(cfg, splits.input_shape[0])
+    mean_loss, acc, pred = evaluate(model, loss, x, y, preprocess, batch_size or cfg.train.eval_batch_size)
+    classes = meta["classes"]
+    cm = confusion_matrix(y, pred, len(classes))
+    return {"checkpoint": str(checkpoint), "split": split, "n": int(len(y)), "loss": json_number(mean_loss),
+            "accuracy": json_number(acc), "classes": classes,
+            "per_class_accuracy": {c: json_number(float(a)) for c, a in zip(classes, per_class_accuracy(cm))},
+            "confusion_matrix": cm.tolist(), "epoch": meta["epoch"]}

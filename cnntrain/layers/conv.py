@@ -1,0 +1,97 @@
+"""2-D convolution (cross-correlation, as in every framework) over NCHW batches."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..init import make_init
+from ..registry import LAYERS
+from . import _im2col as k
+from .base import Layer, check_shape, pair
+
+
+def positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}: must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+@LAYERS.register("conv2d")
+class Conv2D(Layer):
+    """y[n, f] = b[f] + sum over c of the window inner products of x[n, c] with W[f, c].
+
+    x: (N, C, H, W) -> y: (N, F, OH, OW); W: (F, C, KH, KW), b: (F,).
+    OH = floor((H + pad_top + pad_bottom - dilation*(KH-1) - 1) / stride) + 1.
+    """
+
+    def __init__(self, filters: int, kernel_size=3, stride=1, padding="valid", dilation=1,
+                 use_bias: bool = True, init="he_normal"):
+        super().__init__()
+        self.filters = positive_int(filters, "filters")
+        self.kernel_size = pair(kernel_size, "kernel_size")
+        self.stride = pair(stride, "stride")
+        self.dilation = pair(dilation, "dilation")
+        for name, value in (("kernel_size", self.kernel_size), ("stride", self.stride), ("dilation", self.dilation)):
+            if min(value) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {list(value)}")
+        k.resolve_padding(padding, (1, 1), (1, 1), (1, 1))  # validates the spelling early
+        self.padding, self.use_bias, self.init = padding, bool(use_bias), init
+        self._init = make_init(init)
+
+    def build(self, in_shape, rng):
+        if len(in_shape) != 3:
+            raise ValueError(f"expects input (channels, height, width), got {tuple(in_shape)}; "
+                             "add a reshape or remove the flatten before it")
+        C, H, W = in_shape
+        self.pads = k.resolve_padding(self.padding, (H, W), self.kernel_size, self.stride, self.dilation)
+        OH, OW = (k.out_size(s, kk, st, p, d) for s, kk, st, p, d in
+                  zip((H, W), self.kernel_size, self.stride, self.pads, self.dilation))
+        if OH < 1 or OW < 1:
+            (t, b), (l, r) = self.pads
+            raise ValueError(f"kernel {self.kernel_size[0]}x{self.kernel_size[1]} with dilation "
+                             f"{self.dilation[0]}x{self.dilation[1]} does not fit the padded input "
+                             f"{H + t + b}x{W + l + r} (input {C}x{H}x{W})")
+        KH, KW = self.kernel_size
+        fan_in, fan_out = C * KH * KW, self.filters * KH * KW
+        self.params["W"] = self._init((self.filters, C, KH, KW), fan_in, fan_out, rng)
+        if self.use_bias:
+            self.params["b"] = np.zeros(self.filters, dtype=np.float32)
+        self.in_shape, self.out_shape = (C, H, W), (self.filters, OH, OW)
+        return self.out_shape
+
+    def forward(self, x, training):
+        check_shape(x, self.in_shape, self)
+        N = x.shape[0]
+        F, OH, OW = self.out_shape
+        cols = k.im2col(k.pad(x, self.pads), self.kernel_size, self.stride, self.dilation, (OH, OW))
+        y = cols @ self.params["W"].reshape(F, -1).T  # (N*OH*OW, F)
+        if self.use_bias:
+            y += self.params["b"]
+        if training:
+            self._cache = cols
+        # contiguous NCHW: the elementwise layers after a conv run several times faster on it
+        return np.ascontiguousarray(y.reshape(N, OH, OW, F).transpose(0, 3, 1, 2))
+
+    def backward(self, dy):
+        cols = self._pop_cache()
+        F, OH, OW = self.out_shape
+        C, H, W = self.in_shape
+        N = dy.shape[0]
+        KH, KW = self.kernel_size
+        dym = dy.transpose(0, 2, 3, 1).reshape(N * OH * OW, F)
+        self.grads["W"] = (dym.T @ cols).reshape(self.params["W"].shape)
+        if self.use_bias:
+            self.grads["b"] = dym.sum(axis=0)
+        dcols = (dym @ self.params["W"].reshape(F, -1)).reshape(N, OH, OW, C, KH, KW)
+        (t, b), (l, r) = self.pads
+        dxp = k.col2im(dcols.transpose(0, 3, 1, 2, 4, 5), (N, C, H + t + b, W + l + r), self.stride, self.dilation)
+        return k.unpad(dxp, self.pads)
+
+    def macs(self):
+        F, OH, OW = self.out_shape
+        return F * OH * OW * self.in_shape[0] * self.kernel_size[0] * self.kernel_size[1]
+
+    def get_config(self):
+        return {"filters": self.filters, "kernel_size": list(self.kernel_size), "stride": list(self.stride),
+                "padding": self.padding, "dilation": list(self.dilation), "use_bias": self.use_bias,
+                "init": self.init}

@@ -1,0 +1,100 @@
+"""Sequential: a list of layers with stable parameter names `layers.<i>.<param>`."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import ConfigError
+from .layers.base import Layer
+from .registry import LAYERS
+
+
+class Sequential:
+    """Runs layers in order; backward runs them in reverse and leaves grads on each layer."""
+
+    def __init__(self, layers: list[Layer]):
+        self.layers = list(layers)
+        self.in_shape: tuple[int, ...] | None = None
+        self.out_shape: tuple[int, ...] | None = None
+
+    def build(self, in_shape, rng: np.random.Generator) -> tuple[int, ...]:
+        """Create every parameter; ValueError naming the layer index, type and shapes on a misfit."""
+        self.in_shape = shape = tuple(int(s) for s in in_shape)
+        for i, layer in enumerate(self.layers):
+            try:
+                shape = tuple(layer.build(shape, rng))
+            except ValueError as exc:
+                raise ValueError(f"layer {i} ({layer.registry_name}) with input shape {shape}: {exc}") from None
+        self.out_shape = shape
+        return shape
+
+    def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        for layer in self.layers:
+            x = layer.forward(x, training)
+        return x
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        for layer in reversed(self.layers):
+            dy = layer.backward(dy)
+        return dy
+
+    def _named(self, attr: str) -> dict[str, np.ndarray]:
+        return {f"layers.{i}.{key}": value
+                for i, layer in enumerate(self.layers) for key, value in getattr(layer, attr).items()}
+
+    def named_params(self) -> dict[str, np.ndarray]:
+        return self._named("params")
+
+    def named_grads(self) -> dict[str, np.ndarray]:
+        return self._named("grads")
+
+    def named_buffers(self) -> dict[str, np.ndarray]:
+        return self._named("buffers")
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Parameters and buffers by stable name (what a checkpoint stores)."""
+        return {**self.named_params(), **self.named_buffers()}
+
+    def load_state_dict(self, state: dict[str, np.ndarray], source: str = "checkpoint") -> None:
+        """Copy arrays in by name; ValueError naming any missing, extra or misshapen entry."""
+        own = self.state_dict()
+        missing = sorted(set(own) - set(state))
+        extra = sorted(set(state) - set(own))
+        if missing or extra:
+            raise ValueError(f"{source} does not fit this network: missing {missing or 'nothing'}, "
+                             f"unexpected {extra or 'nothing'}")
+        for name, target in own.items():
+            if state[name].shape != target.shape:
+                raise ValueError(f"{source}: {name} has shape {state[name].shape}, the network needs {target.shape}")
+        for i, layer in enumerate(self.layers):
+            for store in (layer.params, layer.buffers):
+                for key in store:
+                    store[key] = np.array(state[f"layers.{i}.{key}"], dtype=store[key].dtype)
+
+    def astype(self, dtype) -> "Sequential":
+        """Cast every parameter and buffer in place (float64 for gradient checks)."""
+        for layer in self.layers:
+            for store in (layer.params, layer.buffers):
+                for key in store:
+                    store[key] = store[key].astype(dtype)
+        return self
+
+    def summary_rows(self) -> list[dict]:
+        """One row per layer: name, type, output_shape, params, macs (per sample)."""
+        return [{"name": f"layers.{i}", "type": layer.registry_name, "output_shape": list(layer.out_shape),
+                 "params": int(sum(p.size for p in layer.params.values())), "macs": int(layer.macs())}
+                for i, layer in enumerate(self.layers)]
+
+    def num_params(self) -> int:
+        return int(sum(p.size for p in self.named_params().values()))
+
+
+def build_model(layer_specs, in_shape, rng: np.random.Generator, where: str = "model.layers") -> Sequential:
+    """[(name, kwargs), ...] -> a built Sequential; ConfigError names the layer's key path."""
+    layers = [LAYERS.create(name, kwargs, where=f"{where}[{i}].{name}") for i, (name, kwargs) in enumerate(layer_specs)]
+    model = Sequential(layers)
+    try:
+        model.build(in_shape, rng)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return model

@@ -1,0 +1,3 @@
+"""Optimizers and learning-rate schedules (each module registers itself)."""
+
+from . import optimizers, schedules  # noqa: F401

@@ -1,0 +1,95 @@
+"""Every figure. Reads run directories and metrics files, never a live model. Headless (Agg)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+from .runs import atomic_write_bytes, read_csv
+
+DPI = 120
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_run(run_dir) -> list[Path]:
+    """loss.png, accuracy.png and lr.png of a run directory from its metrics.csv and steps.csv."""
+    plt = _pyplot()
+    run_dir = Path(run_dir)
+    metrics = read_csv(run_dir / "metrics.csv") if (run_dir / "metrics.csv").exists() else {}
+    steps = read_csv(run_dir / "steps.csv") if (run_dir / "steps.csv").exists() else {}
+    if not metrics:
+        return []
+    name = run_dir.name
+    spe = metrics["step"][0] / metrics["epoch"][0] if metrics["epoch"][0] else 1
+    written = []
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    if steps:
+        ax.plot(steps["step"] / spe, steps["loss"], color="0.75", lw=0.6, label="train (per step)")
+    ax.plot(metrics["epoch"], metrics["train_loss"], "o-", label="train (epoch mean)")
+    if np.isfinite(metrics["val_loss"]).any():
+        ax.plot(metrics["epoch"], metrics["val_loss"], "s-", label="validation")
+    ax.set(title=f"Loss: {name}", xlabel="epoch", ylabel="cross-entropy loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, run_dir / "loss.png")
+    plt.close(fig)
+    written.append(run_dir / "loss.png")
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.plot(metrics["epoch"], 100 * metrics["train_acc"], "o-", label="train")
+    if np.isfinite(metrics["val_acc"]).any():
+        ax.plot(metrics["epoch"], 100 * metrics["val_acc"], "s-", label="validation")
+    ax.set(title=f"Accuracy: {name}", xlabel="epoch", ylabel="accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, run_dir / "accuracy.png")
+    plt.close(fig)
+    written.append(run_dir / "accuracy.png")
+
+    if steps:
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        ax.plot(steps["step"], steps["lr"])
+        ax.set(title=f"Learning rate: {name}", xlabel="step (optimizer update)", ylabel="learning rate")
+        ax.grid(alpha=0.3)
+        _save(fig, run_dir / "lr.png")
+        plt.close(fig)
+        written.append(run_dir / "lr.png")
+    return written
+
+
+def plot_confusion(cm: np.ndarray, classes, path, title: str) -> Path:
+    """A confusion matrix heat map with counts in each cell."""
+    plt = _pyplot()
+    cm = np.asarray(cm)
+    k = len(classes)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * k, 0.8 + 0.5 * k))
+    im = ax.imshow(cm, cmap="Blues")
+    ax.set(xticks=range(k), yticks=range(k), xticklabels=classes, yticklabels=classes,
+           xlabel="predicted class", ylabel="true class", title=title)
+    plt.setp(ax.get_xticklabels(), rotation=45 if max(len(str(c)) for c in classes) > 2 else 0, ha="right")
+    threshold = cm.max() / 2 if cm.size else 0
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if cm[i, j] > threshold else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="images")
+    _save(fig, path)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,172 @@
+"""The run directory: naming, atomic writes, CSV logs, npz checkpoints.
+
+runs/<name>-<YYYYmmdd-HHMMSS>/ holds config.yaml, metrics.csv, steps.csv, the
+figures, checkpoints/last.npz and best.npz, and summary.json.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import RunError
+from .train import EPOCH_COLUMNS, STEP_COLUMNS, Callback
+
+CHECKPOINT_FORMAT = "cnntrain-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def make_run_dir(runs_dir, name: str) -> Path:
+    """Create runs_dir/<name>-<timestamp>, adding -2, -3, ... when a run started in the same second."""
+    runs_dir = Path(runs_dir)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        for n in range(1, 1000):
+            path = runs_dir / (f"{name}-{stamp}" if n == 1 else f"{name}-{stamp}-{n}")
+            try:
+                path.mkdir()  # atomic: two processes can never get the same directory
+            except FileExistsError:
+                continue
+            (path / "checkpoints").mkdir()
+            return path
+    except OSError as exc:
+        raise RunError(f"{runs_dir}: cannot create the run directory: {exc.strerror or exc}") from None
+    raise RunError(f"{runs_dir}: too many runs named {name!r} in one second")
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, fsync, then rename over it: never a half-written file."""
+    path = Path(path)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise RunError(f"{path}: cannot write: {exc.strerror or exc}") from None
+
+
+def atomic_write_text(path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def write_json(path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def json_number(value: float):
+    """NaN and infinities as null, so summary.json stays standard JSON."""
+    return value if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def save_checkpoint(path, config_text: str, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+    """A self-contained .npz: the config as text, meta as JSON text, and named arrays; written atomically."""
+    buf = io.BytesIO()
+    meta = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **meta}
+    np.savez(buf, config=np.array(config_text), meta=np.array(json.dumps(meta, default=_json_default)), **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path) -> tuple[str, dict, dict[str, np.ndarray]]:
+    """(config text, meta, arrays) from a checkpoint; RunError for a missing, truncated or foreign file."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except FileNotFoundError:
+        raise RunError(f"{path}: no such checkpoint") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise RunError(f"{path}: not a readable cnntrain checkpoint ({exc})") from None
+    try:
+        meta = json.loads(str(arrays.pop("meta")))
+        config_text = str(arrays.pop("config"))
+        if meta.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError("wrong format tag")
+    except (KeyError, ValueError) as exc:
+        raise RunError(f"{path}: not a cnntrain checkpoint (missing or bad config/meta: {exc})") from None
+    return config_text, meta, arrays
+
+
+def find_checkpoint(path) -> Path:
+    """A checkpoint file, or a run directory's checkpoints/best.npz (else last.npz)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.npz", "last.npz"):
+            if (path / "checkpoints" / name).is_file():
+                return path / "checkpoints" / name
+        raise RunError(f"{path}: no checkpoints/best.npz or checkpoints/last.npz in this run directory")
+    return path
+
+
+class CSVLogger(Callback):
+    """Appends one row per epoch to metrics.csv and one per step to steps.csv, flushed as written."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.files = {}
+
+    def _writer(self, name: str, columns: list[str]):
+        if name not in self.files:
+            path = self.run_dir / name
+            new = not path.exists() or path.stat().st_size == 0
+            f = open(path, "a", newline="")
+            writer = csv.DictWriter(f, fieldnames=columns)
+            if new:
+                writer.writeheader()
+            self.files[name] = (f, writer)
+        return self.files[name]
+
+    def _append(self, name, columns, logs):
+        f, writer = self._writer(name, columns)
+        writer.writerow({k: _fmt(logs[k]) for k in columns})
+        f.flush()
+
+    def on_step_end(self, state, logs):
+        self._append("steps.csv", STEP_COLUMNS, logs)
+
+    def on_epoch_end(self, state, logs):
+        self._append("metrics.csv", EPOCH_COLUMNS, logs)
+
+    def on_train_end(self, state):
+        for f, _ in self.files.values():
+            f.close()
+        self.files = {}
+
+
+def _fmt(value):
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.6g}"
+    return value
+
+
+def read_csv(path) -> dict[str, np.ndarray]:
+    """A metrics CSV as {column: float array}; empty cells are NaN."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return {}
+    return {key: np.array([float(r[key]) if r[key] not in ("", None) else np.nan for r in rows])
+            for key in rows[0]}

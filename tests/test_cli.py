@@ -1,0 +1,135 @@
+"""The command line: exit codes, one-line errors, and a real training run on an MNIST subset."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cnntrain.cli import cli
+from cnntrain.runs import load_checkpoint
+
+SMALL = """
+name: small
+seed: 0
+data:
+  dataset: mnist
+  download: false
+  validation: 1000
+  limit_train: 3000
+  limit_val: 500
+  limit_test: 1000
+  preprocess:
+    - normalize: {mean: 0.1307, std: 0.3081}
+model:
+  layers:
+    - conv2d: {filters: 8, kernel_size: 3, padding: same}
+    - relu
+    - maxpool2d: {size: 2}
+    - flatten
+    - dense: {units: 10}
+optimizer: {name: adam, lr: 2e-3}
+train: {epochs: 1, batch_size: 32}
+"""
+
+
+@pytest.fixture()
+def small_config(tmp_path):
+    path = tmp_path / "small.yaml"
+    path.write_text(SMALL)
+    return path
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_help_lists_commands_and_does_not_import_numpy():
+    code = "import sys; from cnntrain.cli import cli; assert 'numpy' not in sys.modules and 'matplotlib' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    result = invoke("--help")
+    assert result.exit_code == 0 and "run" in result.output and "eval" in result.output
+
+
+def test_python_dash_m_works():
+    out = subprocess.run([sys.executable, "-m", "cnntrain", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "Usage" in out.stdout
+
+
+@pytest.mark.parametrize("text,overrides,fragment", [
+    (SMALL.replace("epochs: 1", "epochz: 1"), [], "train.epochz: unknown key (did you mean 'epochs'?)"),
+    (SMALL.replace("lr: 2e-3", "lr: fast"), [], "optimizer.lr: must be a number"),
+    (SMALL, ["train.batch_size=many"], "train.batch_size: expected an integer, got 'many'"),
+    (SMALL.replace("units: 10", "units: 10, unitz: 3"), [], "model.layers[4].dense.unitz: unknown option"),
+    (SMALL.replace("    - flatten\n", ""), [], "layer 3 (dense) with input shape (8, 14, 14)"),
+    (SMALL.replace("units: 10", "units: 7"), [], "needs the last layer to output (10,)"),
+])
+def test_config_mistakes_exit_2_with_one_line_and_no_traceback(tmp_path, text, overrides, fragment):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    result = invoke("run", path, *[f"--set={o}" for o in overrides], "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 2, result.output
+    assert fragment in result.output
+    assert str(path) in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_missing_config_file_is_a_usage_error(tmp_path):
+    result = invoke("run", tmp_path / "nope.yaml")
+    assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_print_config_shows_resolved_defaults(small_config):
+    result = invoke("run", small_config, "--print-config", "--set", "optimizer.lr=0.01")
+    assert result.exit_code == 0, result.output
+    assert "lr: 0.01" in result.output and "betas:" in result.output and "eval_batch_size: 1000" in result.output
+
+
+def test_train_on_real_mnist_subset_then_eval(tmp_path, small_config):
+    runs = tmp_path / "runs"
+    result = invoke("run", small_config, "--runs-dir", runs)
+    assert result.exit_code == 0, result.output
+    (run_dir,) = runs.iterdir()
+    for name in ("config.yaml", "metrics.csv", "steps.csv", "loss.png", "accuracy.png", "lr.png",
+                 "checkpoints/last.npz", "checkpoints/best.npz", "summary.json"):
+        assert (run_dir / name).is_file() and (run_dir / name).stat().st_size > 0, name
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs"] == 1
+    assert summary["test_accuracy"] > 0.85, summary  # chance is 0.10
+    for key in ("test_loss", "best_val_accuracy", "train_seconds", "images_per_second"):
+        assert summary[key] > 0
+    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    assert len(rows) == 1 and list(rows[0]) == ["epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc",
+                                                 "lr", "seconds"]
+    assert int(rows[0]["step"]) == 94  # ceil(3000 / 32)
+    steps = list(csv.DictReader(open(run_dir / "steps.csv")))
+    assert len(steps) == 94 and float(steps[0]["loss"]) > float(rows[0]["train_loss"]) / 2
+    text, meta, arrays = load_checkpoint(run_dir / "checkpoints" / "best.npz")
+    assert "name: small" in text and meta["epoch"] == 1 and meta["classes"] == [str(i) for i in range(10)]
+    assert arrays["layers.0.W"].shape == (8, 1, 3, 3) and arrays["layers.0.W"].dtype == np.float32
+    assert "optim/layers.0.W/m" in arrays and int(arrays["optim/t"]) == 94
+
+    result = invoke("eval", run_dir, "--json")
+    assert result.exit_code == 0, result.output
+    ev = json.loads(result.output.strip().splitlines()[-1])
+    assert ev["n"] == 1000 and ev["accuracy"] == pytest.approx(summary["test_accuracy"], abs=1e-12)
+    assert ev["loss"] == pytest.approx(summary["test_loss"], rel=1e-6)
+    assert set(ev["per_class_accuracy"]) == {str(i) for i in range(10)}
+    assert np.array(ev["confusion_matrix"]).sum() == 1000
+    result = invoke("eval", run_dir / "checkpoints" / "last.npz", "--split", "val")
+    assert result.exit_code == 0 and "on val: 500 images" in result.output and "confusion matrix" in result.output
+
+
+def test_eval_of_a_non_checkpoint_exits_1(tmp_path):
+    bad = tmp_path / "x.npz"
+    bad.write_bytes(b"garbage")
+    result = invoke("eval", bad)
+    assert result.exit_code == 1 and "not a readable cnntrain checkpoint" in result.output
+    assert "Traceback" not in result.output

@@ -1,0 +1,62 @@
+"""The vectorised conv and pool kernels agree with loops written from the definition."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+import reference
+from cnntrain.layers import _im2col as k
+from cnntrain.registry import LAYERS
+
+CONV_CASES = [
+    # (C, H, W, F, kernel, stride, padding, dilation)
+    (3, 5, 5, 2, 3, 2, 1, 1),
+    (1, 7, 6, 3, (3, 2), (2, 1), "same", 1),
+    (2, 8, 8, 2, 2, 2, "same", 1),
+    (2, 9, 9, 4, 3, 1, "same", 2),
+    (3, 6, 7, 2, 3, 3, "valid", 1),
+    (2, 5, 5, 1, 5, 1, ((1, 2), (0, 1)), 1),
+]
+
+
+@pytest.mark.parametrize("C,H,W,F,kernel,stride,padding,dilation", CONV_CASES)
+def test_conv_forward_matches_loops(C, H, W, F, kernel, stride, padding, dilation):
+    rng = np.random.default_rng(0)
+    layer = LAYERS.create("conv2d", {"filters": F, "kernel_size": kernel, "stride": stride,
+                                     "padding": padding, "dilation": dilation})
+    out_shape = layer.build((C, H, W), rng)
+    layer.params["W"] = rng.standard_normal(layer.params["W"].shape)
+    layer.params["b"] = rng.standard_normal(F)
+    x = rng.standard_normal((2, C, H, W))
+    expected = reference.conv2d(x, layer.params["W"], layer.params["b"], layer.stride, layer.pads, layer.dilation)
+    y = layer.forward(x, training=False)
+    assert y.shape == (2, *out_shape) == expected.shape
+    np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("size,stride,padding,H", [(2, None, "valid", 6), (2, None, "valid", 7), (3, 2, "valid", 7),
+                                                    (3, 1, 1, 5), (2, None, "same", 5)])
+def test_maxpool_forward_matches_loops(size, stride, padding, H):
+    rng = np.random.default_rng(0)
+    layer = LAYERS.create("maxpool2d", {"size": size, "stride": stride, "padding": padding})
+    layer.build((2, H, H), rng)
+    x = rng.standard_normal((3, 2, H, H))
+    np.testing.assert_array_equal(layer.forward(x, training=False),
+                                  reference.maxpool2d(x, layer.size, layer.stride, layer.pads))
+
+
+def test_output_size_formula_over_a_grid():
+    """out = floor((n + p_lo + p_hi - d*(k-1) - 1) / s) + 1, checked against counting window positions."""
+    for n, kk, s, p, d in itertools.product(range(1, 12), (1, 2, 3, 5), (1, 2, 3), (0, 1, 2), (1, 2)):
+        span = d * (kk - 1) + 1
+        count = len(range(0, n + 2 * p - span + 1, s))
+        assert max(k.out_size(n, kk, s, (p, p), d), 0) == count, (n, kk, s, p, d)
+
+
+def test_same_padding_gives_ceil_of_size_over_stride():
+    for n, kk, s, d in itertools.product(range(1, 12), (1, 2, 3, 4, 5), (1, 2, 3), (1, 2)):
+        pads = k.same_pad(n, kk, s, d)
+        assert k.out_size(n, kk, s, pads, d) == -(-n // s), (n, kk, s, d, pads)

@@ -1,0 +1,136 @@
+"""Every registered layer: gradients against finite differences (float64), shapes, config round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cnntrain.model import Sequential, build_model
+from cnntrain.registry import LAYERS
+from gradcheck import check_layer
+
+# name -> [(kwargs, input shape without batch, batch size)]; small odd shapes, stride 2, same padding.
+CASES = {
+    "conv2d": [
+        ({"filters": 2, "kernel_size": 3}, (3, 5, 5), 2),
+        ({"filters": 2, "kernel_size": 3, "stride": 2, "padding": "same"}, (3, 5, 5), 2),
+        ({"filters": 3, "kernel_size": 2, "padding": "same"}, (2, 5, 6), 1),
+        ({"filters": 2, "kernel_size": [3, 2], "stride": [2, 1], "padding": 1}, (1, 7, 5), 2),
+        ({"filters": 2, "kernel_size": 3, "dilation": 2, "padding": "same"}, (2, 7, 7), 2),
+        ({"filters": 2, "kernel_size": 3, "use_bias": False, "stride": 2}, (3, 7, 7), 2),
+    ],
+    "maxpool2d": [
+        ({"size": 2}, (3, 6, 6), 2),
+        ({"size": 2}, (2, 5, 5), 2),
+        ({"size": 3, "stride": 2}, (2, 7, 7), 2),
+        ({"size": 2, "padding": "same"}, (2, 5, 5), 1),
+    ],
+    "dense": [({"units": 4}, (5,), 3), ({"units": 3, "use_bias": False}, (7,), 1)],
+    "flatten": [({}, (3, 4, 5), 2)],
+    "relu": [({}, (3, 4, 5), 2)],
+    "leaky_relu": [({"alpha": 0.1}, (2, 3, 3), 2)],
+    "sigmoid": [({}, (7,), 3)],
+    "tanh": [({}, (2, 3, 3), 2)],
+    "softmax": [({}, (6,), 3)],
+    "dropout": [({"rate": 0.3}, (4, 5), 3)],
+}
+
+
+def all_cases():
+    for name in LAYERS.names():
+        for i, (kwargs, shape, n) in enumerate(CASES.get(name, [(None, None, None)])):
+            yield pytest.param(name, kwargs, shape, n, id=f"{name}-{i}")
+
+
+@pytest.mark.parametrize("name,kwargs,shape,n", all_cases())
+def test_gradients_match_finite_differences(name, kwargs, shape, n):
+    assert kwargs is not None, f"layer '{name}' is registered but has no gradient-check case in CASES"
+    rng = np.random.default_rng(0)
+    layer = LAYERS.create(name, kwargs)
+    model = Sequential([layer])
+    model.build(shape, np.random.default_rng(1)).__len__()
+    model.astype(np.float64)
+    for key in layer.params:  # non-zero biases so a wrong db cannot hide
+        layer.params[key] = rng.standard_normal(layer.params[key].shape)
+    x = rng.standard_normal((n, *shape))
+    reset = None
+    if hasattr(layer, "rng"):  # hold random masks fixed across the finite-difference evaluations
+        state = layer.rng.bit_generator.state
+        reset = lambda: setattr(layer.rng.bit_generator, "state", state)  # noqa: E731
+    check_layer(layer, x, rng, before_forward=reset)
+
+
+@pytest.mark.parametrize("name", LAYERS.names())
+def test_config_round_trip_and_dtype(name):
+    for kwargs, shape, n in CASES.get(name, []):
+        layer = LAYERS.create(name, kwargs)
+        out_shape = layer.build(shape, np.random.default_rng(0))
+        clone = type(layer).from_config(layer.get_config())
+        assert clone.get_config() == layer.get_config()
+        x = np.random.default_rng(0).standard_normal((n, *shape)).astype(np.float32)
+        y = layer.forward(x, training=True)
+        assert y.shape == (n, *out_shape), f"{name}{kwargs}: forward gave {y.shape}, build said {out_shape}"
+        assert y.dtype == np.float32, f"{name}{kwargs}: float32 input gave {y.dtype}"
+        assert all(p.dtype == np.float32 for p in layer.params.values())
+        dx = layer.backward(np.ones_like(y))
+        assert dx.shape == x.shape and dx.dtype == np.float32
+
+
+def test_conv_worked_example_from_course_notes():
+    """5x5x3 input, padding 1 (7x7 padded), two 3x3x3 filters with bias, stride 2 -> 3x3x2."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 3, size=(1, 3, 5, 5)).astype(np.float64)
+    layer = LAYERS.create("conv2d", {"filters": 2, "kernel_size": 3, "stride": 2, "padding": 1})
+    layer.build((3, 5, 5), rng)
+    W = rng.integers(-1, 2, size=(2, 3, 3, 3)).astype(np.float64)
+    layer.params["W"], layer.params["b"] = W, np.array([1.0, 0.0])
+    y = layer.forward(x, training=False)
+    assert y.shape == (1, 2, 3, 3)
+    xp = np.pad(x[0], ((0, 0), (1, 1), (1, 1)))
+    # first value: sum over the three channels of the top-left 3x3 window times the kernel, plus b0
+    first = sum(float((xp[c, 0:3, 0:3] * W[0, c]).sum()) for c in range(3)) + 1.0
+    assert y[0, 0, 0, 0] == first
+    # window (1, 2) of filter 1 starts at row 2, column 4 of the padded input
+    assert y[0, 1, 1, 2] == sum(float((xp[c, 2:5, 4:7] * W[1, c]).sum()) for c in range(3))
+    layer1 = LAYERS.create("conv2d", {"filters": 2, "kernel_size": 3, "stride": 1, "padding": 1})
+    assert layer1.build((3, 5, 5), rng) == (2, 5, 5)
+
+
+def test_maxpool_gradient_goes_to_first_maximum_on_ties():
+    layer = LAYERS.create("maxpool2d", {"size": 2})
+    layer.build((1, 2, 2), None)
+    x = np.zeros((1, 1, 2, 2), dtype=np.float32)
+    layer.forward(x, training=True)
+    dx = layer.backward(np.full((1, 1, 1, 1), 5.0, dtype=np.float32))
+    assert dx.tolist() == [[[[5.0, 0.0], [0.0, 0.0]]]]
+
+
+def test_dropout_is_inverted_and_identity_at_evaluation():
+    layer = LAYERS.create("dropout", {"rate": 0.25})
+    layer.build((1000,), np.random.default_rng(0))
+    x = np.ones((20, 1000), dtype=np.float32)
+    assert layer.forward(x, training=False) is x
+    y = layer.forward(x, training=True)
+    kept = y != 0
+    assert np.allclose(y[kept], 1 / 0.75)
+    assert abs(kept.mean() - 0.75) < 0.01, f"kept fraction {kept.mean()}"
+
+
+def test_sigmoid_and_softmax_stay_finite_for_huge_inputs():
+    x = np.array([[-1e4, -50.0, 0.0, 50.0, 1e4]], dtype=np.float32)
+    for name in ("sigmoid", "softmax", "tanh"):
+        y = LAYERS.create(name, {}).forward(x, training=False)
+        assert np.all(np.isfinite(y)), f"{name}: {y}"
+
+
+def test_model_param_names_and_build_errors():
+    specs = [("conv2d", {"filters": 4, "kernel_size": 3}), ("relu", {}), ("flatten", {}), ("dense", {"units": 10})]
+    model = build_model(specs, (1, 8, 8), np.random.default_rng(0))
+    shapes = {k: v.shape for k, v in model.named_params().items()}
+    assert shapes == {"layers.0.W": (4, 1, 3, 3), "layers.0.b": (4,), "layers.3.W": (144, 10), "layers.3.b": (10,)}
+    from cnntrain.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"layer 1 \(dense\) with input shape \(4, 6, 6\).*add 'flatten'"):
+        build_model([specs[0], ("dense", {"units": 3})], (1, 8, 8), np.random.default_rng(0))
+    with pytest.raises(ConfigError, match=r"layer 0 \(conv2d\).*does not fit the padded input 3x3"):
+        build_model([("conv2d", {"filters": 1, "kernel_size": 5})], (1, 3, 3), np.random.default_rng(0))

@@ -45,7 +45,7 @@ def plot_run(run_dir) -> list[Path]:
     ax.plot(metrics["epoch"], metrics["train_loss"], "o-", label="train (epoch mean)")
     if np.isfinite(metrics["val_loss"]).any():
         ax.plot(metrics["epoch"], metrics["val_loss"], "s-", label="validation")
-    ax.set(title=f"Loss: {name}", xlabel="epoch", ylabel="cross-entropy loss")
+    ax.set(title=f"Loss: {name}", xlabel="epoch", ylabel="loss (log scale)", yscale="log")
     ax.grid(alpha=0.3)
     ax.legend()
     _save(fig, run_dir / "loss.png")

@@ -31,7 +31,7 @@ class ProgressBar(Callback):
         self.steps = steps_per_epoch
 
     def on_epoch_begin(self, state):
-        self.loss_sum, self.count = 0.0, 0
+        self.loss_sum, self.acc_sum, self.count = 0.0, 0.0, 0
         if self.bar_enabled:
             from tqdm import tqdm
 
@@ -40,11 +40,13 @@ class ProgressBar(Callback):
 
     def on_step_end(self, state, logs):
         self.loss_sum += logs["loss"]
+        self.acc_sum += logs["acc"]
         self.count += 1
         if self.bar is not None:
             self.bar.update(1)
             if self.count % self.refresh_steps == 0 or self.count == self.steps:
-                self.bar.set_postfix(loss=f"{self.loss_sum / self.count:.4f}", lr=f"{logs['lr']:.3g}", refresh=False)
+                self.bar.set_postfix(loss=f"{self.loss_sum / self.count:.4f}", acc=f"{self.acc_sum / self.count:.4f}",
+                                    lr=f"{logs['lr']:.3g}", refresh=False)
 
     def on_epoch_end(self, state, logs):
         if self.bar is not None:

@@ -12,7 +12,7 @@ from .data.loader import batches
 from .errors import RunError
 
 EPOCH_COLUMNS = ["epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
-STEP_COLUMNS = ["step", "epoch", "loss", "lr"]
+STEP_COLUMNS = ["step", "epoch", "loss", "acc", "lr"]
 
 
 @dataclass
@@ -73,11 +73,13 @@ def fit(model, loss, optimizer, schedule, loader, val, epochs: int, callbacks=()
             model.backward(loss.backward())
             optimizer.step(model.named_params(), model.named_grads(), lr)
             state.step += 1
+            batch_correct = int((loss.predict(out) == yb).sum())
             loss_sum += batch_loss * len(yb)
-            correct += int((loss.predict(out) == yb).sum())
+            correct += batch_correct
             seen += len(yb)
+            logs = {"step": state.step, "epoch": epoch + 1, "loss": batch_loss, "acc": batch_correct / len(yb), "lr": lr}
             for cb in callbacks:
-                cb.on_step_end(state, {"step": state.step, "epoch": epoch + 1, "loss": batch_loss, "lr": lr})
+                cb.on_step_end(state, logs)
         seconds = time.perf_counter() - start
         logs = {"epoch": epoch + 1, "step": state.step, "train_loss": loss_sum / seen, "train_acc": correct / seen,
                 "val_loss": math.nan, "val_acc": math.nan, "lr": lr, "seconds": seconds}

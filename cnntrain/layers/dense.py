@@ -14,7 +14,7 @@ from .conv import positive_int
 class Dense(Layer):
     """Fully connected, y = x @ W + b.  x: (N, D) -> y: (N, units); W: (D, units), b: (units,)."""
 
-    def __init__(self, units: int, use_bias: bool = True, init="he_normal"):
+    def __init__(self, units: int, use_bias: bool = True, init="xavier_uniform"):
         super().__init__()
         self.units = positive_int(units, "units")
         self.use_bias, self.init = bool(use_bias), init

@@ -102,6 +102,39 @@ def eval_(target, split, as_json, batch_size):
     click.echo(f"confusion matrix figure: {png}")
 
 
+@cli.command()
+@click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a config key.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: a list of layers and a totals object.")
+def summary(config, overrides, as_json):
+    """The network of CONFIG as a table: output shape, parameters, multiply-adds. No data, no training."""
+    from .config import load_config
+    from .experiment import summarize
+
+    s = summarize(load_config(config, overrides))
+    if as_json:
+        click.echo(json.dumps({"layers": s["layers"], "totals": s["totals"], "input_shape": s["input_shape"]}))
+        return
+    header = ("layer", "type", "output shape", "params", "MACs")
+    rows = [("input", "", _shape(s["input_shape"]), "", "")]
+    rows += [(r["name"], r["type"], _shape(r["output_shape"]), f"{r['params']:,}", f"{r['macs']:,}") for r in s["layers"]]
+    rows.append(("total", "", _shape(s["totals"]["output_shape"]), f"{s['totals']['params']:,}",
+                 f"{s['totals']['macs']:,}"))
+    widths = [max(len(row[i]) for row in rows + [header]) for i in range(5)]
+    line = lambda row: "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))  # noqa: E731
+    click.echo(f"{s['name']}: {len(s['layers'])} layers, multiply-adds per image")
+    click.echo(line(header))
+    click.echo("  ".join("-" * w for w in widths))
+    for row in rows[:-1]:
+        click.echo(line(row))
+    click.echo("  ".join("-" * w for w in widths))
+    click.echo(line(rows[-1]))
+
+
+def _shape(shape) -> str:
+    return str(tuple(shape))
+
+
 def main():
     cli(prog_name="cnntrain")
 

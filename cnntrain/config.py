@@ -60,6 +60,7 @@ class DataConfig:
     limit_train: Optional[int] = None         # use only the first N training images (quick experiments)
     limit_val: Optional[int] = None           # use only the first N validation images
     limit_test: Optional[int] = None          # use only the first N test images
+    classes: Optional[list] = None            # keep only these classes (by index), relabelled 0..k-1 in this order, e.g. [0, 1]
     preprocess: list = field(default_factory=list)  # steps after scaling pixels to [0, 1], e.g. [{normalize: {mean: 0.1307, std: 0.3081}}]
 
 
@@ -67,6 +68,7 @@ class DataConfig:
 class ModelConfig:
     layers: list = field(default_factory=list)  # layer entries: `- relu` or `- conv2d: {filters: 8, ...}`
     input_shape: Optional[list] = None          # [channels, height, width]; default: the dataset's image shape
+    l2: float = 0.0                             # L2 penalty (l2/2)*||W||^2 on every weight W (not biases or batchnorm); a layer's own `l2:` overrides
 
 
 @dataclass
@@ -91,7 +93,18 @@ class Config:
 
     @property
     def layer_specs(self) -> list[tuple[str, dict]]:
-        return [layer_entry(entry, f"model.layers[{i}]") for i, entry in enumerate(self.model.layers)]
+        """(name, constructor kwargs) per layer; the reserved `l2` option is left out (see layer_l2)."""
+        specs = [layer_entry(entry, f"model.layers[{i}]") for i, entry in enumerate(self.model.layers)]
+        return [(name, {k: v for k, v in kwargs.items() if k != "l2"}) for name, kwargs in specs]
+
+    @property
+    def layer_l2(self) -> list[float]:
+        """The L2 coefficient of each layer's weights: its own `l2` option, else model.l2."""
+        out = []
+        for i, entry in enumerate(self.model.layers):
+            _, kwargs = layer_entry(entry, f"model.layers[{i}]")
+            out.append(kwargs.get("l2", self.model.l2))
+        return out
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
@@ -212,6 +225,14 @@ def _resolve(cfg: Config) -> Config:
         raise ConfigError("model.layers: the network needs at least one layer")
     for i, (name, kwargs) in enumerate(cfg.layer_specs):  # option errors now, not after loading data
         LAYERS.create(name, kwargs, where=f"model.layers[{i}].{name}")
+    for i, (l2, (name, _)) in enumerate(zip(cfg.layer_l2, cfg.layer_specs)):
+        where = "model.l2" if l2 is cfg.model.l2 else f"model.layers[{i}].{name}.l2"
+        if isinstance(l2, bool) or not isinstance(l2, (int, float)) or l2 < 0:
+            raise ConfigError(f"{where}: expected a number >= 0, got {l2!r}")
+    classes = cfg.data.classes
+    if classes is not None and (len(classes) < 2 or len(set(classes)) != len(classes)
+                                or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in classes)):
+        raise ConfigError(f"data.classes: expected a list of at least two distinct class indices, got {classes!r}")
     OPTIMIZERS.create(cfg.optimizer["name"], {k: v for k, v in cfg.optimizer.items() if k != "name"}, "optimizer")
     SCHEDULES.create(cfg.schedule["name"], {"lr": 1.0, **{k: v for k, v in cfg.schedule.items() if k != "name"}},
                      "schedule")

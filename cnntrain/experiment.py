@@ -15,6 +15,7 @@ from .config import Config, config_from_text
 from .data.loader import BatchLoader, holdout
 from .data.transforms import Preprocess
 from .errors import ConfigError, RunError
+from .losses import L2Penalty
 from .metrics import confusion_matrix, per_class_accuracy
 from .model import Sequential, build_model
 from .optim.schedules import build_schedule
@@ -48,13 +49,29 @@ def load_splits(cfg: Config, log=None) -> Splits:
     """The dataset of cfg.data, with the validation images held out and the limits applied."""
     data = cfg.data
     ds = DATASETS.get(data.dataset, "data.dataset")(root=data.root, download=data.download, mirror=data.mirror, log=log)
+    (train_x, train_y), test, classes = (ds.train_x, ds.train_y), (ds.test_x, ds.test_y), tuple(ds.classes)
+    if data.classes is not None:
+        if max(data.classes) >= len(classes):
+            raise ConfigError(f"{cfg.source}: data.classes: {data.dataset} has classes 0..{len(classes) - 1}, "
+                              f"got {data.classes}")
+        (train_x, train_y), test = select_classes(train_x, train_y, data.classes), select_classes(*test, data.classes)
+        classes = tuple(classes[c] for c in data.classes)
     try:
-        train_idx, val_idx = holdout(len(ds.train_y), data.validation, data.split_seed)
+        train_idx, val_idx = holdout(len(train_y), data.validation, data.split_seed)
     except ValueError as exc:
         raise ConfigError(f"{cfg.source}: data.validation: {exc}") from None
-    train = _limit((ds.train_x[train_idx], ds.train_y[train_idx]), data.limit_train)
-    val = _limit((ds.train_x[val_idx], ds.train_y[val_idx]), data.limit_val)
-    return Splits(train, val, _limit((ds.test_x, ds.test_y), data.limit_test), tuple(ds.classes))
+    train = _limit((train_x[train_idx], train_y[train_idx]), data.limit_train)
+    val = _limit((train_x[val_idx], train_y[val_idx]), data.limit_val)
+    return Splits(train, val, _limit(test, data.limit_test), classes)
+
+
+def select_classes(x, y, keep):
+    """The samples whose label is in keep, relabelled by their position in keep."""
+    lookup = np.full(max(int(y.max()), max(keep)) + 1, -1, dtype=np.int64)
+    lookup[list(keep)] = np.arange(len(keep))
+    new = lookup[y]
+    mask = new >= 0
+    return x[mask], new[mask]
 
 
 def make_preprocess(cfg: Config, channels: int) -> Preprocess:
@@ -75,7 +92,7 @@ def make_preprocess(cfg: Config, channels: int) -> Preprocess:
 
 def build_network(cfg: Config, input_shape, n_classes: int | None = None) -> tuple[Sequential, object]:
     """The model (built, seeded) and the loss; ConfigError when they cannot fit the data."""
-    if cfg.model.input_shape is not None and tuple(cfg.model.input_shape) != tuple(input_shape):
+    if cfg.model.input_shape is not None and list(cfg.model.input_shape) != list(input_shape):
         raise ConfigError(f"{cfg.source}: model.input_shape: {list(cfg.model.input_shape)} does not match the "
                           f"dataset's images {list(input_shape)} (channels, height, width)")
     rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(MODEL_STREAM,)))
@@ -91,6 +108,12 @@ def build_network(cfg: Config, input_shape, n_classes: int | None = None) -> tup
             raise ConfigError(f"{cfg.source}: model.layers: {exc}") from None
     model.rng = rng
     return model, loss
+
+
+def build_penalty(cfg: Config, model: Sequential) -> L2Penalty:
+    """L2 on each layer's W with the layer's coefficient (biases and normalisation parameters excluded)."""
+    return L2Penalty({f"layers.{i}.W": c for i, (layer, c) in enumerate(zip(model.layers, cfg.layer_l2))
+                      if "W" in layer.params})
 
 
 def build_optimizer(cfg: Config):
@@ -141,6 +164,18 @@ class PlotCallback(Callback):
         plot_run(self.run_dir)
 
 
+def summarize(cfg: Config) -> dict:
+    """Per-layer output shape, parameters and multiply-adds, built from the config alone (no data)."""
+    dataset = DATASETS.get(cfg.data.dataset, "data.dataset")
+    in_shape = tuple(getattr(dataset, "input_shape", None) or cfg.model.input_shape)
+    n_classes = len(cfg.data.classes) if cfg.data.classes else len(dataset.classes)
+    model, _ = build_network(cfg, in_shape, n_classes)
+    rows = model.summary_rows()
+    return {"name": cfg.name, "input_shape": list(in_shape), "layers": rows,
+            "totals": {"params": sum(r["params"] for r in rows), "macs": sum(r["macs"] for r in rows),
+                       "output_shape": list(model.out_shape)}}
+
+
 def versions() -> dict:
     return {"cnntrain": __version__, "python": platform.python_version(), "numpy": np.__version__}
 
@@ -170,7 +205,7 @@ def train_from_config(cfg: Config, runs_dir="runs", echo=print, progress=None) -
     callbacks = [ProgressBar(cfg.train.epochs, bar=progress), CSVLogger(run_dir), checkpointer, PlotCallback(run_dir)]
     try:
         state = fit(model, loss, optimizer, schedule, loader, splits.val, cfg.train.epochs, callbacks,
-                    eval_batch_size=cfg.train.eval_batch_size)
+                    eval_batch_size=cfg.train.eval_batch_size, penalty=build_penalty(cfg, model))
     except RunError:
         write_json(run_dir / "summary.json", {**summary, "status": "diverged"})
         raise

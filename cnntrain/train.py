@@ -11,7 +11,7 @@ import numpy as np
 from .data.loader import batches
 from .errors import RunError
 
-EPOCH_COLUMNS = ["epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+EPOCH_COLUMNS = ["epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "reg_loss"]
 STEP_COLUMNS = ["step", "epoch", "loss", "acc", "lr"]
 
 
@@ -51,8 +51,11 @@ def evaluate(model, loss, x: np.ndarray, y: np.ndarray, preprocess, batch_size: 
 
 
 def fit(model, loss, optimizer, schedule, loader, val, epochs: int, callbacks=(), state: TrainState | None = None,
-        eval_batch_size: int = 1000) -> TrainState:
-    """Train from `state` (default: the start) to `epochs`; val is (x_u8, y) or None."""
+        eval_batch_size: int = 1000, penalty=None) -> TrainState:
+    """Train from `state` (default: the start) to `epochs`; val is (x_u8, y) or None.
+
+    train_loss is the data loss alone; an L2 penalty's value is logged beside it as reg_loss.
+    """
     state = state or TrainState()
     steps = len(loader)
     for cb in callbacks:
@@ -61,7 +64,7 @@ def fit(model, loss, optimizer, schedule, loader, val, epochs: int, callbacks=()
         for cb in callbacks:
             cb.on_epoch_begin(state)
         start = time.perf_counter()
-        loss_sum, correct, seen = 0.0, 0, 0
+        loss_sum, reg_sum, correct, seen = 0.0, 0.0, 0, 0
         lr = schedule(state.step)
         for xb, yb in loader.epoch(epoch):
             lr = schedule(state.step)
@@ -71,7 +74,9 @@ def fit(model, loss, optimizer, schedule, loader, val, epochs: int, callbacks=()
                 raise RunError(f"training diverged: loss is {batch_loss} at epoch {epoch + 1}, step {state.step + 1}, "
                                f"lr {lr:g}; try a smaller optimizer.lr or a warmup")
             model.backward(loss.backward())
-            optimizer.step(model.named_params(), model.named_grads(), lr)
+            params, grads = model.named_params(), model.named_grads()
+            reg_sum += penalty.apply(params, grads) * len(yb) if penalty else 0.0
+            optimizer.step(params, grads, lr)
             state.step += 1
             batch_correct = int((loss.predict(out) == yb).sum())
             loss_sum += batch_loss * len(yb)
@@ -82,7 +87,7 @@ def fit(model, loss, optimizer, schedule, loader, val, epochs: int, callbacks=()
                 cb.on_step_end(state, logs)
         seconds = time.perf_counter() - start
         logs = {"epoch": epoch + 1, "step": state.step, "train_loss": loss_sum / seen, "train_acc": correct / seen,
-                "val_loss": math.nan, "val_acc": math.nan, "lr": lr, "seconds": seconds}
+                "val_loss": math.nan, "val_acc": math.nan, "lr": lr, "seconds": seconds, "reg_loss": reg_sum / seen}
         state.train_seconds += seconds
         state.images_seen += seen
         if val is not None and len(val[1]):

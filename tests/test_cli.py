@@ -107,7 +107,7 @@ def test_train_on_real_mnist_subset_then_eval(tmp_path, small_config):
         assert summary[key] > 0
     rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
     assert len(rows) == 1 and list(rows[0]) == ["epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc",
-                                                 "lr", "seconds"]
+                                                 "lr", "seconds", "reg_loss"]
     assert int(rows[0]["step"]) == 94  # ceil(3000 / 32)
     steps = list(csv.DictReader(open(run_dir / "steps.csv")))
     assert len(steps) == 94 and float(steps[0]["loss"]) > float(rows[0]["train_loss"]) / 2
@@ -133,3 +133,26 @@ def test_eval_of_a_non_checkpoint_exits_1(tmp_path):
     result = invoke("eval", bad)
     assert result.exit_code == 1 and "not a readable cnntrain checkpoint" in result.output
     assert "Traceback" not in result.output
+
+
+def test_summary_table_and_json(small_config):
+    result = invoke("summary", small_config)
+    assert result.exit_code == 0, result.output
+    assert "(8, 28, 28)" in result.output and "(1568,)" in result.output
+    result = invoke("summary", small_config, "--json")
+    data = json.loads(result.output)
+    conv, relu, pool, flat, dense = data["layers"]
+    # conv: 8 filters * (1*3*3 + 1) params; 8*28*28 outputs * 9 MACs each
+    assert conv == {"name": "layers.0", "type": "conv2d", "output_shape": [8, 28, 28], "params": 80, "macs": 56448}
+    assert dense["params"] == 1568 * 10 + 10 and dense["macs"] == 15680
+    assert data["totals"] == {"params": 80 + 15690, "macs": 56448 + 15680, "output_shape": [10]}
+
+
+@pytest.mark.parametrize("override,fragment", [
+    ("model.layers.0={conv2d: {filters: 8, kernel_size: 40}}", "layer 0 (conv2d) with input shape (1, 28, 28): kernel 40x40"),
+    ("model.input_shape=[3, 28, 28]", "does not match the dataset's images [1, 28, 28]"),
+    ("model.layers.2.maxpool2d.size=30", "layer 2 (maxpool2d) with input shape (8, 28, 28): window 30x30 leaves nothing"),
+])
+def test_summary_refuses_networks_that_cannot_be_built(small_config, override, fragment):
+    result = invoke("summary", small_config, "--set", override)
+    assert result.exit_code == 2 and fragment in result.output, result.output

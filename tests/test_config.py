@@ -90,3 +90,38 @@ def test_yaml_errors_and_object_tags_are_config_errors(tmp_path):
         load_config(write(tmp_path, "seed: 1\nmodel: {layers: [flatten}\n"))
     with pytest.raises(ConfigError, match="invalid YAML"):
         load_config(write(tmp_path, "seed: !!python/object/apply:os.system ['echo hi']\n" + MINIMAL))
+
+
+def test_l2_global_and_per_layer(tmp_path):
+    text = """
+model:
+  l2: 0.01
+  layers:
+    - conv2d: {filters: 2, kernel_size: 3, l2: 0.5}
+    - flatten
+    - dense: {units: 10, l2: 0}
+    - dense: {units: 10}
+"""
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.layer_l2 == [0.5, 0.01, 0, 0.01]
+    assert cfg.layer_specs[0] == ("conv2d", {"filters": 2, "kernel_size": 3})
+    import numpy as np
+
+    from cnntrain.experiment import build_network, build_penalty
+
+    model, _ = build_network(cfg, (1, 6, 6), 10)
+    assert build_penalty(cfg, model).coefs == {"layers.0.W": 0.5, "layers.3.W": 0.01}
+    assert np.isfinite(build_penalty(cfg, model).apply(model.named_params(), {k: v.copy() for k, v in model.named_params().items()}))
+    with pytest.raises(ConfigError, match=r"model.layers\[0\].conv2d.l2: expected a number >= 0"):
+        load_config(write(tmp_path, text.replace("l2: 0.5", "l2: -1")))
+
+
+def test_select_classes_relabels_in_the_given_order():
+    import numpy as np
+
+    from cnntrain.experiment import select_classes
+
+    x = np.arange(6)[:, None]
+    y = np.array([3, 1, 0, 1, 3, 2])
+    xs, ys = select_classes(x, y, [3, 1])
+    assert xs[:, 0].tolist() == [0, 1, 3, 4] and ys.tolist() == [0, 1, 1, 0]

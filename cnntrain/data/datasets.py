@@ -280,3 +280,8 @@ def mnist(root: str | None = None, download: bool = True, mirror: str | None = N
 def fashion_mnist(root: str | None = None, download: bool = True, mirror: str | None = None, log=None) -> Dataset:
     """Fashion-MNIST (Zalando): 60,000 train and 10,000 test clothing images, 1x28x28, 10 classes."""
     return load_idx_dataset(FASHION_MNIST, root, download, mirror, log)
+
+
+# What `cnntrain summary` needs to know without reading any file.
+for _loader, _spec in ((mnist, MNIST), (fashion_mnist, FASHION_MNIST)):
+    _loader.input_shape, _loader.classes = (1, 28, 28), _spec.classes

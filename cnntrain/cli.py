@@ -131,6 +131,39 @@ def summary(config, overrides, as_json):
     click.echo(line(rows[-1]))
 
 
+@cli.command()
+@click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a config key.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print step,epoch,lr (and momentum) for every step.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Figure path (default: <name>-schedule.png).")
+def schedule(config, overrides, as_csv, out):
+    """The learning rate (and momentum) at every step of CONFIG's training, without training.
+
+    Reads the dataset only to count the training images. The values are those a
+    run records in steps.csv.
+    """
+    from .config import load_config
+    from .experiment import schedule_table
+    from .plots import plot_schedule
+    from .runs import format_value
+
+    cfg = load_config(config, overrides)
+    s = schedule_table(cfg, log=lambda line: click.echo(line, err=True))
+    table = s["table"]
+    out = out or f"{cfg.name}-schedule.png"
+    plot_schedule(table, s["steps_per_epoch"], out, f"{cfg.name}: {cfg.schedule['name']} schedule")
+    if as_csv:
+        columns = list(table)
+        click.echo(",".join(columns))
+        for row in zip(*(table[c] for c in columns)):
+            click.echo(",".join(str(format_value(v)) for v in row))
+        return
+    lr = table["lr"]
+    click.echo(f"{cfg.name}: {len(lr)} steps ({s['steps_per_epoch']} per epoch, batch {s['batch_size']}); "
+               f"lr {lr[0]:.4g} at step 1, max {lr.max():.4g}, {lr[-1]:.4g} at the last step")
+    click.echo(f"figure: {out}")
+
+
 def _shape(shape) -> str:
     return str(tuple(shape))
 

@@ -13,7 +13,7 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import yaml
 
@@ -68,13 +68,19 @@ class DataConfig:
 class ModelConfig:
     layers: list = field(default_factory=list)  # layer entries: `- relu` or `- conv2d: {filters: 8, ...}`
     input_shape: Optional[list] = None          # [channels, height, width]; default: the dataset's image shape
+    init_from: Optional[str] = None             # a checkpoint (.npz) whose weights, by stable name, start this run
     l2: float = 0.0                             # L2 penalty (l2/2)*||W||^2 on every weight W (not biases or batchnorm); a layer's own `l2:` overrides
+
+
+FULL_BATCH_CHUNK = 1000  # images per pass when batch_size is `full` and chunk_size is not given
 
 
 @dataclass
 class TrainConfig:
     epochs: int = 5                # passes over the training set
-    batch_size: int = 64           # images per optimizer step
+    batch_size: Union[int, Literal["full"]] = 64   # images per optimizer step: 1 is classic SGD, `full` the whole training set (BGD)
+    drop_last: bool = False        # skip the last, smaller batch of each epoch
+    chunk_size: Optional[int] = None  # images per forward/backward pass inside a step (gradients accumulated); default: the batch, or 1000 for `full`
     shuffle: bool = True           # reshuffle the training set every epoch (seeded)
     eval_batch_size: int = 1000    # images per forward pass when evaluating (memory only, no effect on results)
 
@@ -89,6 +95,7 @@ class Config:
     optimizer: dict = field(default_factory=lambda: {"name": "adam"})     # {name, lr, weight_decay, ...options}
     schedule: dict = field(default_factory=lambda: {"name": "constant"})  # {name, ...options}
     train: TrainConfig = field(default_factory=TrainConfig)
+    momentum_schedule: Optional[dict] = None  # for momentum/nesterov, e.g. {name: linear, start: 0.5, end: 0.99, duration: 5}
     source: str = field(default="<config>", repr=False)                   # where it came from (not saved)
 
     @property
@@ -105,6 +112,25 @@ class Config:
             _, kwargs = layer_entry(entry, f"model.layers[{i}]")
             out.append(kwargs.get("l2", self.model.l2))
         return out
+
+    @property
+    def optimizer_kwargs(self) -> dict:
+        """The optimizer section as constructor kwargs (without name and cnntrain's own options)."""
+        return {k: v for k, v in self.optimizer.items() if k != "name" and k not in OPTIMIZER_EXTRAS}
+
+    def batch_size(self, n_train: int) -> int:
+        return n_train if self.train.batch_size == "full" else min(self.train.batch_size, max(n_train, 1))
+
+    def chunk_size(self, n_train: int) -> int:
+        default = FULL_BATCH_CHUNK if self.train.batch_size == "full" else self.batch_size(n_train)
+        return self.train.chunk_size or default
+
+    def base_lr(self, n_train: int) -> float:
+        """optimizer.lr, scaled by batch_size / base_batch_size under lr_scaling: linear."""
+        lr = self.optimizer["lr"]
+        if self.optimizer["lr_scaling"] == "linear":
+            lr *= self.batch_size(n_train) / self.optimizer["base_batch_size"]
+        return lr
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
@@ -134,6 +160,8 @@ def _type_name(tp) -> str:
     origin = typing.get_origin(tp)
     if origin is Union:
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list",
             dict: "a mapping", type(None): "null"}.get(origin or tp, str(tp))
 
@@ -148,6 +176,9 @@ def _check(value, tp, path: str):
                 return _check(value, option, path)
             except ConfigError:
                 pass
+    elif typing.get_origin(tp) is Literal:
+        if value in typing.get_args(tp) and isinstance(value, str):
+            return value
     elif tp is type(None):
         if value is None:
             return None
@@ -186,7 +217,14 @@ def _build(cls, data, path: str):
     return cls(**kwargs)
 
 
-def _named_section(value, path: str, registry, default_name: str) -> dict:
+# Options of the optimizer section that cnntrain handles itself (not passed to the optimizer class).
+OPTIMIZER_EXTRAS = {
+    "lr_scaling": "none",       # `linear`: lr * batch_size / base_batch_size (Goyal et al., 2017)
+    "base_batch_size": None,    # the batch size at which optimizer.lr is given, for lr_scaling: linear
+}
+
+
+def _named_section(value, path: str, registry, default_name: str, extras=None) -> dict:
     """`adam` or {name: adam, lr: ...} -> {name, every option with its default filled in}."""
     if value is None:
         value = {"name": default_name}
@@ -204,6 +242,7 @@ def _named_section(value, path: str, registry, default_name: str) -> dict:
         if p.default is not inspect.Parameter.empty:
             default = p.default
             defaults[p.name] = list(default) if isinstance(default, tuple) else default
+    defaults.update(extras or {})
     allowed = list(defaults) + [p for p in inspect.signature(cls).parameters if p not in defaults]
     for key in value:
         if key not in allowed:
@@ -214,7 +253,7 @@ def _named_section(value, path: str, registry, default_name: str) -> dict:
 
 def _resolve(cfg: Config) -> Config:
     """Fill registry defaults into named sections and check what the dataclasses cannot."""
-    cfg.optimizer = _named_section(cfg.optimizer, "optimizer", OPTIMIZERS, "adam")
+    cfg.optimizer = _named_section(cfg.optimizer, "optimizer", OPTIMIZERS, "adam", OPTIMIZER_EXTRAS)
     cfg.schedule = _named_section(cfg.schedule, "schedule", SCHEDULES, "constant")
     cfg.schedule.pop("lr", None)  # the schedule's base lr is optimizer.lr
     if not isinstance(cfg.loss, str):
@@ -233,11 +272,17 @@ def _resolve(cfg: Config) -> Config:
     if classes is not None and (len(classes) < 2 or len(set(classes)) != len(classes)
                                 or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in classes)):
         raise ConfigError(f"data.classes: expected a list of at least two distinct class indices, got {classes!r}")
-    OPTIMIZERS.create(cfg.optimizer["name"], {k: v for k, v in cfg.optimizer.items() if k != "name"}, "optimizer")
+    OPTIMIZERS.create(cfg.optimizer["name"], cfg.optimizer_kwargs, "optimizer")
+    if cfg.optimizer["lr_scaling"] not in ("none", "linear"):
+        raise ConfigError(f"optimizer.lr_scaling: expected none or linear, got {cfg.optimizer['lr_scaling']!r}")
+    base = cfg.optimizer["base_batch_size"]
+    if cfg.optimizer["lr_scaling"] == "linear" and (isinstance(base, bool) or not isinstance(base, int) or base < 1):
+        raise ConfigError(f"optimizer.base_batch_size: lr_scaling: linear needs an integer >= 1, got {base!r}")
     SCHEDULES.create(cfg.schedule["name"], {"lr": 1.0, **{k: v for k, v in cfg.schedule.items() if k != "name"}},
                      "schedule")
-    for key in ("epochs", "batch_size", "eval_batch_size"):
-        if getattr(cfg.train, key) < 1:
+    for key in ("epochs", "batch_size", "eval_batch_size", "chunk_size"):
+        value = getattr(cfg.train, key)
+        if isinstance(value, int) and value < 1:
             raise ConfigError(f"train.{key}: must be >= 1, got {getattr(cfg.train, key)}")
     v = cfg.data.validation
     if v < 0 or (isinstance(v, float) and v >= 1):

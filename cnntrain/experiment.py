@@ -18,11 +18,11 @@ from .errors import ConfigError, RunError
 from .losses import L2Penalty
 from .metrics import confusion_matrix, per_class_accuracy
 from .model import Sequential, build_model
-from .optim.schedules import build_schedule
-from .registry import DATASETS, LOSSES, OPTIMIZERS, PREPROCESS
+from .optim.schedules import build_momentum_schedule, build_schedule
+from .registry import DATASETS, LOSSES, OPTIMIZERS, PREPROCESS, accepted_kwargs
 from .runs import (CSVLogger, atomic_write_text, find_checkpoint, json_number, load_checkpoint, make_run_dir,
                    save_checkpoint, write_json)
-from .train import Callback, TrainState, evaluate, fit
+from .train import STEP_COLUMNS, Callback, TrainState, evaluate, fit
 
 MODEL_STREAM = 0  # spawn_key of the generator that initialises weights and draws dropout masks
 
@@ -117,8 +117,70 @@ def build_penalty(cfg: Config, model: Sequential) -> L2Penalty:
 
 
 def build_optimizer(cfg: Config):
-    opts = {k: v for k, v in cfg.optimizer.items() if k != "name"}
-    return OPTIMIZERS.create(cfg.optimizer["name"], opts, where=f"{cfg.source}: optimizer")
+    return OPTIMIZERS.create(cfg.optimizer["name"], cfg.optimizer_kwargs, where=f"{cfg.source}: optimizer")
+
+
+def init_from(model: Sequential, path, source: str) -> None:
+    """Copy weights (and buffers) by stable name from a checkpoint or plain .npz into model."""
+    path = Path(path)
+    try:
+        _, _, arrays = load_checkpoint(path)
+    except RunError:
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{source}: model.init_from: cannot read {path}: {exc}") from None
+    own = model.state_dict()
+    weights = {k: v for k, v in arrays.items() if k in own}
+    missing = sorted(set(model.named_params()) - set(weights))
+    if missing:
+        raise ConfigError(f"{source}: model.init_from: {path} has no {', '.join(missing)}; it does not fit this network")
+    for name, value in weights.items():
+        if value.shape != own[name].shape:
+            raise ConfigError(f"{source}: model.init_from: {path}: {name} has shape {value.shape}, "
+                              f"the network needs {own[name].shape}")
+    model.load_state_dict({**own, **weights}, str(path))
+
+
+@dataclass
+class Setup:
+    """Everything fit() needs, built from a config and its data splits."""
+
+    splits: Splits
+    model: Sequential
+    loss: object
+    optimizer: object
+    loader: BatchLoader
+    schedule: object
+    momentum: object
+    chunk_size: int
+
+
+def build_setup(cfg: Config, splits: Splits) -> Setup:
+    model, loss = build_network(cfg, splits.input_shape, len(splits.classes))
+    if cfg.model.init_from:
+        init_from(model, cfg.model.init_from, cfg.source)
+    n_train = len(splits.train[1])
+    if n_train == 0:
+        raise ConfigError(f"{cfg.source}: data: no training images left after the validation split and limits")
+    loader = BatchLoader(*splits.train, cfg.batch_size(n_train), make_preprocess(cfg, splits.input_shape[0]),
+                         shuffle=cfg.train.shuffle, seed=cfg.seed, drop_last=cfg.train.drop_last)
+    if len(loader) == 0:
+        raise ConfigError(f"{cfg.source}: train.drop_last: batch_size {loader.batch_size} is larger than the "
+                          f"{n_train} training images, so every batch would be dropped")
+    steps, total = len(loader), len(loader) * cfg.train.epochs
+    options = {k: v for k, v in cfg.schedule.items() if k != "name"}
+    schedule = build_schedule(cfg.schedule["name"], options, cfg.base_lr(n_train), steps, total,
+                              where=f"{cfg.source}: schedule")
+    momentum = None
+    if cfg.momentum_schedule is not None:
+        if "momentum" not in (accepted_kwargs(OPTIMIZERS.get(cfg.optimizer["name"])) or []):
+            raise ConfigError(f"{cfg.source}: momentum_schedule: optimizer '{cfg.optimizer['name']}' has no momentum "
+                              "to schedule (use momentum or nesterov)")
+        momentum = build_momentum_schedule(cfg.momentum_schedule, steps, total, momentum=cfg.optimizer["momentum"],
+                                           where=f"{cfg.source}: momentum_schedule")
+    return Setup(splits, model, loss, build_optimizer(cfg), loader, schedule, momentum, cfg.chunk_size(n_train))
 
 
 def rng_state(rng: np.random.Generator) -> dict:
@@ -176,6 +238,17 @@ def summarize(cfg: Config) -> dict:
                        "output_shape": list(model.out_shape)}}
 
 
+def schedule_table(cfg: Config, log=None) -> dict:
+    """The lr (and momentum) of every step of cfg's training, computed without training."""
+    setup = build_setup(cfg, load_splits(cfg, log=log))
+    spe = len(setup.loader)
+    steps = np.arange(spe * cfg.train.epochs)
+    table = {"step": steps + 1, "epoch": steps // spe + 1, "lr": np.array([setup.schedule(int(s)) for s in steps])}
+    if setup.momentum is not None:
+        table["momentum"] = np.array([setup.momentum(int(s)) for s in steps])
+    return {"name": cfg.name, "steps_per_epoch": spe, "batch_size": setup.loader.batch_size, "table": table}
+
+
 def versions() -> dict:
     return {"cnntrain": __version__, "python": platform.python_version(), "numpy": np.__version__}
 
@@ -183,13 +256,8 @@ def versions() -> dict:
 def train_from_config(cfg: Config, runs_dir="runs", echo=print, progress=None) -> dict:
     """Train cfg end to end into a new run directory; returns summary.json's content."""
     splits = load_splits(cfg, log=echo)
-    model, loss = build_network(cfg, splits.input_shape, len(splits.classes))
-    optimizer = build_optimizer(cfg)
-    loader = BatchLoader(*splits.train, cfg.train.batch_size, make_preprocess(cfg, splits.input_shape[0]),
-                         shuffle=cfg.train.shuffle, seed=cfg.seed)
-    schedule = build_schedule(cfg.schedule["name"], {k: v for k, v in cfg.schedule.items() if k != "name"},
-                              cfg.optimizer["lr"], len(loader), len(loader) * cfg.train.epochs,
-                              where=f"{cfg.source}: schedule")
+    setup = build_setup(cfg, splits)
+    model, loss, optimizer, loader = setup.model, setup.loss, setup.optimizer, setup.loader
     run_dir = make_run_dir(runs_dir, cfg.name)
     echo(f"run directory: {run_dir}")
     atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
@@ -202,10 +270,13 @@ def train_from_config(cfg: Config, runs_dir="runs", echo=print, progress=None) -
     from .progress import ProgressBar
 
     checkpointer = Checkpointer(run_dir, cfg, model, optimizer, splits.classes)
-    callbacks = [ProgressBar(cfg.train.epochs, bar=progress), CSVLogger(run_dir), checkpointer, PlotCallback(run_dir)]
+    step_columns = STEP_COLUMNS + (["momentum"] if setup.momentum else [])
+    callbacks = [ProgressBar(cfg.train.epochs, bar=progress), CSVLogger(run_dir, step_columns), checkpointer,
+                 PlotCallback(run_dir)]
     try:
-        state = fit(model, loss, optimizer, schedule, loader, splits.val, cfg.train.epochs, callbacks,
-                    eval_batch_size=cfg.train.eval_batch_size, penalty=build_penalty(cfg, model))
+        state = fit(model, loss, optimizer, setup.schedule, loader, splits.val, cfg.train.epochs, callbacks,
+                    eval_batch_size=cfg.train.eval_batch_size, penalty=build_penalty(cfg, model),
+                    momentum=setup.momentum, chunk_size=setup.chunk_size)
     except RunError:
         write_json(run_dir / "summary.json", {**summary, "status": "diverged"})
         raise

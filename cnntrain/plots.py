@@ -93,3 +93,23 @@ def plot_confusion(cm: np.ndarray, classes, path, title: str) -> Path:
     _save(fig, path)
     plt.close(fig)
     return Path(path)
+
+
+def plot_schedule(table: dict, steps_per_epoch: int, path, title: str) -> Path:
+    """Learning rate (and momentum, when scheduled) against epochs, one point per step."""
+    plt = _pyplot()
+    has_mu = "momentum" in table
+    fig, axes = plt.subplots(2 if has_mu else 1, 1, figsize=(7, 5.5 if has_mu else 3.5), sharex=True, squeeze=False)
+    x = table["step"] / steps_per_epoch
+    axes[0, 0].plot(x, table["lr"], lw=1.5)
+    axes[0, 0].set(title=title, ylabel="learning rate")
+    if has_mu:
+        axes[1, 0].plot(x, table["momentum"], lw=1.5, color="C1")
+        axes[1, 0].set(ylabel="momentum")
+    axes[-1, 0].set(xlabel=f"epoch ({steps_per_epoch} steps each)")
+    for ax in axes[:, 0]:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return Path(path)

@@ -124,8 +124,8 @@ def find_checkpoint(path) -> Path:
 class CSVLogger(Callback):
     """Appends one row per epoch to metrics.csv and one per step to steps.csv, flushed as written."""
 
-    def __init__(self, run_dir: Path):
-        self.run_dir = run_dir
+    def __init__(self, run_dir: Path, step_columns=STEP_COLUMNS):
+        self.run_dir, self.step_columns = run_dir, list(step_columns)
         self.files = {}
 
     def _writer(self, name: str, columns: list[str]):
@@ -141,11 +141,11 @@ class CSVLogger(Callback):
 
     def _append(self, name, columns, logs):
         f, writer = self._writer(name, columns)
-        writer.writerow({k: _fmt(logs[k]) for k in columns})
+        writer.writerow({k: format_value(logs[k]) for k in columns})
         f.flush()
 
     def on_step_end(self, state, logs):
-        self._append("steps.csv", STEP_COLUMNS, logs)
+        self._append("steps.csv", self.step_columns, logs)
 
     def on_epoch_end(self, state, logs):
         self._append("metrics.csv", EPOCH_COLUMNS, logs)
@@ -156,9 +156,12 @@ class CSVLogger(Callback):
         self.files = {}
 
 
-def _fmt(value):
-    if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.6g}"
+def format_value(value):
+    """How a number is written to the CSV files: 10 significant digits, NaN as an empty cell."""
+    if isinstance(value, (float, np.floating)):
+        return "" if math.isnan(value) else f"{value:.10g}"
+    if isinstance(value, np.integer):
+        return int(value)
     return value
 
 

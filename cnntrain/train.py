@@ -50,14 +50,49 @@ def evaluate(model, loss, x: np.ndarray, y: np.ndarray, preprocess, batch_size: 
     return total / n, float((pred == y).mean()) if len(y) else math.nan, pred
 
 
+def train_step(model, loss, optimizer, x_u8, y, transform, lr: float, chunk_size: int, penalty=None):
+    """One optimizer step on a batch: (data loss, correct predictions, penalty).
+
+    A batch larger than chunk_size is run chunk by chunk with gradients accumulated,
+    weighted by chunk length, so the step uses the exact mean gradient of the whole
+    batch while memory stays bounded (full-batch gradient descent).
+    """
+    n = len(y)
+    params = model.named_params()
+    grads, total, correct = None, 0.0, 0
+    for start in range(0, n, chunk_size):
+        yb = y[start : start + chunk_size]
+        out = model.forward(transform(x_u8[start : start + chunk_size]), training=True)
+        chunk_loss = loss.forward(out, yb)
+        model.backward(loss.backward())
+        correct += int((loss.predict(out) == yb).sum())
+        if chunk_size >= n:
+            total, grads = chunk_loss, model.named_grads()
+            break
+        w = len(yb) / n
+        total += chunk_loss * w
+        if grads is None:
+            grads = {k: g * g.dtype.type(w) for k, g in model.named_grads().items()}
+        else:
+            for k, g in model.named_grads().items():
+                grads[k] += g * g.dtype.type(w)
+    if not math.isfinite(total):
+        return total, correct, 0.0
+    reg = penalty.apply(params, grads) if penalty else 0.0
+    optimizer.step(params, grads, lr)
+    return total, correct, reg
+
+
 def fit(model, loss, optimizer, schedule, loader, val, epochs: int, callbacks=(), state: TrainState | None = None,
-        eval_batch_size: int = 1000, penalty=None) -> TrainState:
+        eval_batch_size: int = 1000, penalty=None, momentum=None, chunk_size: int | None = None) -> TrainState:
     """Train from `state` (default: the start) to `epochs`; val is (x_u8, y) or None.
 
+    schedule(step) gives the lr of each step, momentum(step) (optional) sets optimizer.mu.
     train_loss is the data loss alone; an L2 penalty's value is logged beside it as reg_loss.
     """
     state = state or TrainState()
     steps = len(loader)
+    chunk_size = chunk_size or loader.batch_size
     for cb in callbacks:
         cb.on_train_begin(state, steps)
     for epoch in range(state.epoch, epochs):
@@ -66,23 +101,22 @@ def fit(model, loss, optimizer, schedule, loader, val, epochs: int, callbacks=()
         start = time.perf_counter()
         loss_sum, reg_sum, correct, seen = 0.0, 0.0, 0, 0
         lr = schedule(state.step)
-        for xb, yb in loader.epoch(epoch):
+        for x_u8, yb in loader.epoch(epoch):
             lr = schedule(state.step)
-            out = model.forward(xb, training=True)
-            batch_loss = loss.forward(out, yb)
+            logs = {"step": state.step + 1, "epoch": epoch + 1, "lr": lr}
+            if momentum is not None:
+                optimizer.mu = logs["momentum"] = momentum(state.step)
+            batch_loss, batch_correct, reg = train_step(model, loss, optimizer, x_u8, yb, loader.transform, lr,
+                                                        chunk_size, penalty)
             if not math.isfinite(batch_loss):
                 raise RunError(f"training diverged: loss is {batch_loss} at epoch {epoch + 1}, step {state.step + 1}, "
                                f"lr {lr:g}; try a smaller optimizer.lr or a warmup")
-            model.backward(loss.backward())
-            params, grads = model.named_params(), model.named_grads()
-            reg_sum += penalty.apply(params, grads) * len(yb) if penalty else 0.0
-            optimizer.step(params, grads, lr)
             state.step += 1
-            batch_correct = int((loss.predict(out) == yb).sum())
             loss_sum += batch_loss * len(yb)
+            reg_sum += reg * len(yb)
             correct += batch_correct
             seen += len(yb)
-            logs = {"step": state.step, "epoch": epoch + 1, "loss": batch_loss, "acc": batch_correct / len(yb), "lr": lr}
+            logs.update(loss=batch_loss, acc=batch_correct / len(yb))
             for cb in callbacks:
                 cb.on_step_end(state, logs)
         seconds = time.perf_counter() - start

@@ -64,7 +64,7 @@ def test_python_dash_m_works():
 @pytest.mark.parametrize("text,overrides,fragment", [
     (SMALL.replace("epochs: 1", "epochz: 1"), [], "train.epochz: unknown key (did you mean 'epochs'?)"),
     (SMALL.replace("lr: 2e-3", "lr: fast"), [], "optimizer.lr: must be a number"),
-    (SMALL, ["train.batch_size=many"], "train.batch_size: expected an integer, got 'many'"),
+    (SMALL, ["train.batch_size=many"], "train.batch_size: expected an integer or 'full', got 'many'"),
     (SMALL.replace("units: 10", "units: 10, unitz: 3"), [], "model.layers[4].dense.unitz: unknown option"),
     (SMALL.replace("    - flatten\n", ""), [], "layer 3 (dense) with input shape (8, 14, 14)"),
     (SMALL.replace("units: 10", "units: 7"), [], "needs the last layer to output (10,)"),

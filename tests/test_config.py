@@ -27,8 +27,10 @@ def test_defaults_are_filled_in_and_name_comes_from_the_file(tmp_path):
     assert cfg.name == "my_exp"
     assert cfg.seed == 0 and cfg.train.epochs == 5 and cfg.train.batch_size == 64
     assert cfg.optimizer == {"name": "adam", "lr": 0.001, "betas": [0.9, 0.999], "eps": 1e-8,
-                             "weight_decay": 0.0, "bias_correction": True}
-    assert cfg.schedule == {"name": "constant"}
+                             "weight_decay": 0.0, "bias_correction": True, "lr_scaling": "none",
+                             "base_batch_size": None}
+    assert cfg.schedule == {"name": "constant", "interval": "epoch", "warmup_epochs": 0.0, "warmup_steps": 0,
+                            "warmup_start_lr": 0.0}
     assert cfg.data.dataset == "mnist" and cfg.data.validation == 5000
     assert cfg.layer_specs == [("flatten", {}), ("dense", {"units": 10})]
 
@@ -64,7 +66,7 @@ def test_resolved_config_round_trips_through_text(tmp_path):
     ("optimizer: {name: adam, lr: -1}\n", [], "optimizer.lr: must be a number in (0, inf), got -1"),
     ("loss: softmax_crossentropy\n", [], "loss: unknown loss 'softmax_crossentropy' (did you mean 'softmax_cross_entropy'?)"),
     ("data: {dataset: minst}\n", [], "data.dataset: unknown dataset 'minst' (did you mean 'mnist'?)"),
-    ("", ["train.batch_size=true"], "train.batch_size: expected an integer, got True"),
+    ("", ["train.batch_size=true"], "train.batch_size: expected an integer or 'full', got True"),
     ("", ["nonsense"], "--set nonsense: expected KEY.PATH=VALUE"),
     ("", ["model.layers.5.units=3"], "expected a list index below 2"),
     ("data: {validation: 1.5}\n", [], "data.validation: expected an image count >= 0 or a fraction in [0, 1)"),

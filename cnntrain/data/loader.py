@@ -26,24 +26,33 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
 
 
 class BatchLoader:
-    """Yields (x float32 (B, C, H, W), y int64 (B,)) in a seeded per-epoch order; the last batch may be short."""
+    """Yields (x uint8 (B, C, H, W), y int64 (B,)) in a seeded per-epoch order.
+
+    The last batch of an epoch is shorter unless drop_last. `transform` turns a
+    uint8 batch into the float32 network input (done by the trainer, chunk by chunk).
+    """
 
     def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, preprocess, shuffle: bool = True,
-                 seed: int = 0):
+                 seed: int = 0, drop_last: bool = False):
         if len(x) != len(y):
             raise ValueError(f"{len(x)} images but {len(y)} labels")
         self.x, self.y = x, y
         self.batch_size, self.preprocess, self.shuffle, self.seed = batch_size, preprocess, shuffle, seed
+        self.drop_last = drop_last
 
     def __len__(self) -> int:
-        return math.ceil(len(self.x) / self.batch_size)
+        n = len(self.x)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def transform(self, x_u8: np.ndarray) -> np.ndarray:
+        return self.preprocess(x_u8)
 
     def epoch(self, epoch: int, start: int = 0):
         """Batches of `epoch` from batch index `start` on."""
         order = epoch_order(len(self.x), self.seed, epoch, self.shuffle)
-        for i in range(start * self.batch_size, len(order), self.batch_size):
-            idx = order[i : i + self.batch_size]
-            yield self.preprocess(self.x[idx]), self.y[idx]
+        for b in range(start, len(self)):
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            yield self.x[idx], self.y[idx]
 
 
 def batches(x: np.ndarray, y: np.ndarray, batch_size: int, preprocess):

@@ -13,17 +13,17 @@ import numpy as np
 from ..registry import OPTIMIZERS
 
 
-def _number(value, name: str, low: float, high: float = math.inf, low_open=False, high_open=True) -> float:
-    """value as float, or ValueError "name must be in [low, high), got value"."""
+def check_number(value, name: str, low: float, high: float = math.inf, low_open=False, high_open=True) -> float:
+    """value as a float, or ValueError "name: must be a number in [low, high), got value"."""
     ok = not isinstance(value, bool) and isinstance(value, (int, float))
     if ok:
-        value = float(value)
-        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+        x = float(value)
+        ok = (x > low if low_open else x >= low) and (x < high if high_open else x <= high)
     if not ok:
         left, right = "(" if low_open else "[", ")" if high_open else "]"
         hi = "inf" if high == math.inf else f"{high:g}"
         raise ValueError(f"{name}: must be a number in {left}{low:g}, {hi}{right}, got {value!r}")
-    return value
+    return x
 
 
 def decays(name: str) -> bool:
@@ -35,8 +35,8 @@ class Optimizer:
     """Base: holds lr, weight_decay (L2 added to the gradient: g + wd * p) and per-parameter slots."""
 
     def __init__(self, lr: float = 0.01, weight_decay: float = 0.0):
-        self.lr = _number(lr, "lr", 0.0, low_open=True)
-        self.weight_decay = _number(weight_decay, "weight_decay", 0.0)
+        self.lr = check_number(lr, "lr", 0.0, low_open=True)
+        self.weight_decay = check_number(weight_decay, "weight_decay", 0.0)
         self.state: dict[str, dict[str, np.ndarray]] = {}
         self.t = 0
 
@@ -48,13 +48,17 @@ class Optimizer:
         return slots[slot]
 
     def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], lr: float | None = None) -> None:
+        """One update of every parameter, in place; t counts updates from 1."""
         lr = self.lr if lr is None else lr
         self.t += 1
         for name, p in params.items():
-            g = grads[name]
-            if self.weight_decay and decays(name):
-                g = g + self.weight_decay * p
-            self.update(name, p, g, lr)
+            self.update(name, p, self.gradient(name, p, grads[name]), lr)
+
+    def gradient(self, name: str, p: np.ndarray, g: np.ndarray) -> np.ndarray:
+        """The gradient the rule sees: coupled L2, g + weight_decay * p, on weights only."""
+        if self.weight_decay and decays(name):
+            return g + self.weight_decay * p
+        return g
 
     def update(self, name: str, p: np.ndarray, g: np.ndarray, lr: float) -> None:
         raise NotImplementedError
@@ -83,12 +87,82 @@ class SGD(Optimizer):
         p -= lr * g
 
 
+@OPTIMIZERS.register("momentum")
+class Momentum(Optimizer):
+    """v <- mu*v - lr*g;  p <- p + v   (the course form; v starts at 0; mu = the `momentum` option).
+
+    Differs from PyTorch's v <- mu*v + g; p <- p - lr*v once lr changes. self.mu is read at every
+    step, so a momentum schedule may set it between steps.
+    """
+
+    def __init__(self, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 0.0):
+        super().__init__(lr, weight_decay)
+        self.mu = check_number(momentum, "momentum", 0.0, 1.0)
+
+    def update(self, name, p, g, lr):
+        v = self.slot(name, "v", like=p)
+        v *= self.mu
+        v -= lr * g
+        p += v
+
+
+@OPTIMIZERS.register("nesterov")
+class Nesterov(Momentum):
+    """v_prev <- v;  v <- mu*v - lr*g;  p <- p - mu*v_prev + (1+mu)*v   (CS231n form; v starts at 0).
+
+    The look-ahead of Nesterov momentum rewritten in terms of p itself; mu = the `momentum` option.
+    """
+
+    def update(self, name, p, g, lr):
+        v = self.slot(name, "v", like=p)
+        step = v * -self.mu                  # -mu * v_prev, before v changes
+        v *= self.mu
+        v -= lr * g
+        step += (1 + self.mu) * v
+        p += step
+
+
+@OPTIMIZERS.register("adagrad")
+class Adagrad(Optimizer):
+    """cache <- cache + g^2;  p <- p - lr * g / (sqrt(cache) + eps)   (Duchi et al.; cache starts at 0)."""
+
+    def __init__(self, lr: float = 0.01, eps: float = 1e-8, weight_decay: float = 0.0):
+        super().__init__(lr, weight_decay)
+        self.eps = check_number(eps, "eps", 0.0, low_open=True)
+
+    def update(self, name, p, g, lr):
+        cache = self.slot(name, "cache", like=p)
+        cache += g * g
+        denom = np.sqrt(cache)
+        denom += self.eps
+        p -= lr * g / denom
+
+
+@OPTIMIZERS.register("rmsprop")
+class RMSprop(Optimizer):
+    """cache <- rho*cache + (1-rho)*g^2;  p <- p - lr * g / (sqrt(cache) + eps)   (Hinton; cache starts at 0)."""
+
+    def __init__(self, lr: float = 0.001, rho: float = 0.9, eps: float = 1e-8, weight_decay: float = 0.0):
+        super().__init__(lr, weight_decay)
+        self.rho = check_number(rho, "rho", 0.0, 1.0)
+        self.eps = check_number(eps, "eps", 0.0, low_open=True)
+
+    def update(self, name, p, g, lr):
+        cache = self.slot(name, "cache", like=p)
+        cache *= self.rho
+        cache += (1 - self.rho) * (g * g)
+        denom = np.sqrt(cache)
+        denom += self.eps
+        p -= lr * g / denom
+
+
 @OPTIMIZERS.register("adam")
 class Adam(Optimizer):
     """m <- b1 m + (1-b1) g;  v <- b2 v + (1-b2) g^2;  t starts at 1.
 
     Bias-corrected (Kingma and Ba, 2015): p <- p - lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps).
-    With bias_correction: false, p <- p - lr * m / (sqrt(v) + eps).
+    With bias_correction: false, p <- p - lr * m / (sqrt(v) + eps). weight_decay is coupled L2
+    (g + wd*p enters m and v); adamw decouples it.
     """
 
     def __init__(self, lr: float = 0.001, betas=(0.9, 0.999), eps: float = 1e-8,
@@ -96,9 +170,9 @@ class Adam(Optimizer):
         super().__init__(lr, weight_decay)
         if not (isinstance(betas, (list, tuple)) and len(betas) == 2):
             raise ValueError(f"betas: must be a pair [beta1, beta2], got {betas!r}")
-        self.b1 = _number(betas[0], "betas[0]", 0.0, 1.0)
-        self.b2 = _number(betas[1], "betas[1]", 0.0, 1.0)
-        self.eps = _number(eps, "eps", 0.0, low_open=True)
+        self.b1 = check_number(betas[0], "betas[0]", 0.0, 1.0)
+        self.b2 = check_number(betas[1], "betas[1]", 0.0, 1.0)
+        self.eps = check_number(eps, "eps", 0.0, low_open=True)
         self.bias_correction = bool(bias_correction)
 
     def update(self, name, p, g, lr):
@@ -114,3 +188,24 @@ class Adam(Optimizer):
         denom /= math.sqrt(c2)
         denom += self.eps
         p -= (lr / c1) * m / denom
+
+
+@OPTIMIZERS.register("adamw")
+class AdamW(Adam):
+    """p <- p - lr*weight_decay*p (weights only, p before the step), then the Adam update of g without L2.
+
+    Decoupled weight decay (Loshchilov and Hutter, 2019), scaled by the scheduled lr as in PyTorch;
+    the gradient is not changed, unlike adam's weight_decay (coupled L2, g + wd*p).
+    """
+
+    def __init__(self, lr: float = 0.001, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.01, bias_correction: bool = True):
+        super().__init__(lr, betas, eps, weight_decay, bias_correction)
+
+    def gradient(self, name, p, g):
+        return g
+
+    def update(self, name, p, g, lr):
+        if self.weight_decay and decays(name):
+            p *= 1 - lr * self.weight_decay  # Adam's step below does not read p, so this uses p before the step
+        super().update(name, p, g, lr)

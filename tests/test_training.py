@@ -1,0 +1,130 @@
+"""Batch modes, gradient accumulation, lr scaling, init_from, and the schedule a run really uses."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cnntrain.cli import cli
+from cnntrain.data.loader import BatchLoader
+from cnntrain.data.transforms import Preprocess
+from cnntrain.model import build_model
+from cnntrain.registry import LOSSES, OPTIMIZERS
+from cnntrain.train import fit, train_step
+
+SPECS = [("conv2d", {"filters": 3, "kernel_size": 3}), ("relu", {}), ("flatten", {}), ("dense", {"units": 4})]
+
+
+def data(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 1, 6, 6), dtype=np.uint8), rng.integers(0, 4, n)
+
+
+def model64():
+    return build_model(SPECS, (1, 6, 6), np.random.default_rng(0)).astype(np.float64)
+
+
+def test_iterations_per_epoch_is_ceil_n_over_batch_and_drop_last():
+    x, y = data(1000)
+    pre = Preprocess([], 1)
+    assert len(BatchLoader(x, y, 10, pre)) == 100
+    assert len(BatchLoader(x, y, 64, pre)) == 16  # ceil(1000 / 64)
+    assert len(BatchLoader(x, y, 64, pre, drop_last=True)) == 15
+    sizes = [len(b) for b, _ in BatchLoader(x, y, 64, pre).epoch(0)]
+    assert sizes == [64] * 15 + [40]
+    seen = np.concatenate([yb for _, yb in BatchLoader(x, y, 64, pre, seed=3).epoch(0)])
+    assert sorted(seen.tolist()) == sorted(y.tolist()), "an epoch visits every sample once"
+
+
+def test_chunked_full_batch_step_equals_one_step_on_the_mean_gradient():
+    x, y = data(50)
+    pre = Preprocess([], 1, dtype=np.float64)
+    loss = LOSSES.create("softmax_cross_entropy")
+    a, b = model64(), model64()
+    sgd_a, sgd_b = OPTIMIZERS.create("sgd", {"lr": 0.1}), OPTIMIZERS.create("sgd", {"lr": 0.1})
+    # reference: the whole batch in one forward/backward pass
+    la, _, _ = train_step(a, loss, sgd_a, x, y, pre, 0.1, chunk_size=50)
+    # chunks of 7 (uneven: 7*7 + 1): gradients weighted by chunk length
+    lb, _, _ = train_step(b, loss, sgd_b, x, y, pre, 0.1, chunk_size=7)
+    assert lb == pytest.approx(la, rel=1e-12)
+    for k, v in a.named_params().items():
+        np.testing.assert_allclose(b.named_params()[k], v, rtol=1e-12, atol=1e-14)
+
+
+def test_momentum_schedule_sets_mu_before_each_step():
+    x, y = data(20)
+    model = model64()
+    opt = OPTIMIZERS.create("momentum", {"lr": 0.01})
+    seen = []
+
+    class Spy:
+        def on_train_begin(self, s, n): ...
+        def on_epoch_begin(self, s): ...
+        def on_epoch_end(self, s, logs): ...
+        def on_train_end(self, s): ...
+        def on_step_end(self, s, logs):
+            seen.append((logs["momentum"], opt.mu))
+
+    loader = BatchLoader(x, y, 5, Preprocess([], 1, dtype=np.float64))
+    fit(model, LOSSES.create("softmax_cross_entropy"), opt, lambda s: 0.01, loader, None, 1, [Spy()],
+        momentum=lambda s: 0.5 + 0.1 * s)
+    assert seen == [(0.5, 0.5), (0.6, 0.6), (0.7, 0.7), (0.8, 0.8)]
+
+
+SMALL = """
+name: sched
+data: {dataset: mnist, download: false, validation: 100, limit_train: 320, limit_val: 100, limit_test: 100}
+model:
+  layers: [flatten, {dense: {units: 10}}]
+optimizer: {name: momentum, lr: 0.05}
+schedule: {name: cosine, warmup_steps: 3, interval: step}
+momentum_schedule: {name: linear, start: 0.5, end: 0.9, duration: 1}
+train: {epochs: 2, batch_size: 32}
+"""
+
+
+def test_schedule_command_matches_the_lr_a_run_records(tmp_path):
+    cfg = tmp_path / "sched.yaml"
+    cfg.write_text(SMALL)
+    runner = CliRunner()
+    result = runner.invoke(cli, ["schedule", str(cfg), "--csv", "--out", str(tmp_path / "s.png")])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[0] == "step,epoch,lr,momentum" and len(lines) == 1 + 20  # 320/32 = 10 steps x 2 epochs
+    assert (tmp_path / "s.png").stat().st_size > 0
+    first = dict(zip(lines[0].split(","), lines[1].split(",")))
+    assert float(first["lr"]) == 0.0 and float(first["momentum"]) == 0.5  # warmup from 0; ramp from 0.5
+    result = runner.invoke(cli, ["run", str(cfg), "--runs-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    rows = list(csv.DictReader(open(run_dir / "steps.csv")))
+    recorded = [f"{r['step']},{r['epoch']},{r['lr']},{r['momentum']}" for r in rows]
+    assert recorded == lines[1:]
+
+
+def test_lr_scaling_and_init_from(tmp_path):
+    from cnntrain.config import load_config
+    from cnntrain.errors import ConfigError
+    from cnntrain.experiment import build_network, init_from
+
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(SMALL)
+    cfg = load_config(cfg_path, ["optimizer.lr_scaling=linear", "optimizer.base_batch_size=256"])
+    assert cfg.base_lr(1000) == pytest.approx(0.05 * 32 / 256)
+    cfg = load_config(cfg_path, ["train.batch_size=full"])
+    assert cfg.batch_size(1234) == 1234 and cfg.chunk_size(1234) == 1000
+
+    model, _ = build_network(cfg, (1, 28, 28), 10)
+    np.savez(tmp_path / "w.npz", **{"layers.1.W": np.full((784, 10), 0.5, np.float32),
+                                    "layers.1.b": np.arange(10, dtype=np.float32)})
+    init_from(model, tmp_path / "w.npz", "c.yaml")
+    assert np.all(model.named_params()["layers.1.W"] == 0.5) and model.named_params()["layers.1.b"][3] == 3
+    np.savez(tmp_path / "bad.npz", **{"layers.1.W": np.zeros((10, 10), np.float32), "layers.1.b": np.zeros(10)})
+    with pytest.raises(ConfigError, match=r"model.init_from: .*layers.1.W has shape \(10, 10\), the network needs \(784, 10\)"):
+        init_from(model, tmp_path / "bad.npz", "c.yaml")
+    np.savez(tmp_path / "other.npz", weights=np.zeros(3))
+    with pytest.raises(ConfigError, match="has no layers.1.W, layers.1.b"):
+        init_from(model, tmp_path / "other.npz", "c.yaml")

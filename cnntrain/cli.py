@@ -164,6 +164,36 @@ def schedule(config, overrides, as_csv, out):
     click.echo(f"figure: {out}")
 
 
+@cli.command()
+@click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a config key.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Images per step (default: the config's).")
+@click.option("--steps", type=click.IntRange(min=1), default=50, show_default=True, help="Timed steps.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench(config, overrides, batch_size, steps, as_json):
+    """Time training steps and inference of CONFIG's network on random batches.
+
+    Prints images/s, where the time goes layer by layer, and peak memory, so you
+    see the cost of an experiment before launching it. NumPy's BLAS threads follow
+    OMP_NUM_THREADS / OPENBLAS_NUM_THREADS.
+    """
+    from .bench import benchmark
+    from .config import load_config
+
+    r = benchmark(load_config(config, overrides), batch_size, steps)
+    if as_json:
+        click.echo(json.dumps(r))
+        return
+    click.echo(f"{r['name']}: batch {r['batch_size']}, {r['steps']} timed steps after warm-up")
+    click.echo(f"train: {r['train_images_per_s']:,.0f} images/s ({r['train_step_ms']:.2f} ms/step)   "
+               f"inference: {r['infer_images_per_s']:,.0f} images/s   peak memory {r['peak_memory_mb']:.0f} MiB")
+    click.echo(f"{'layer':<10}{'type':<16}{'forward ms':>11}{'backward ms':>13}{'share':>8}")
+    for row in r["layers"]:
+        click.echo(f"{row['name']:<10}{row['type']:<16}{row['forward_ms']:>11.2f}{row['backward_ms']:>13.2f}"
+                   f"{100 * row['share']:>7.1f}%")
+    click.echo(f"{'loss, optimizer, overhead':<26}{r['other_ms']:>11.2f} ms")
+
+
 def _shape(shape) -> str:
     return str(tuple(shape))
 

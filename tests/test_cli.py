@@ -156,3 +156,15 @@ def test_summary_table_and_json(small_config):
 def test_summary_refuses_networks_that_cannot_be_built(small_config, override, fragment):
     result = invoke("summary", small_config, "--set", override)
     assert result.exit_code == 2 and fragment in result.output, result.output
+
+
+def test_bench_reports_throughput_and_per_layer_profile(small_config):
+    result = invoke("bench", small_config, "--steps", "2", "--batch-size", "8", "--json")
+    assert result.exit_code == 0, result.output
+    r = json.loads(result.output)
+    assert r["batch_size"] == 8 and r["train_images_per_s"] > 0 and r["infer_images_per_s"] > 0
+    assert [row["type"] for row in r["layers"]] == ["conv2d", "relu", "maxpool2d", "flatten", "dense"]
+    assert sum(row["share"] for row in r["layers"]) == pytest.approx(1.0)
+    assert 0 < r["peak_memory_mb"] < 1024
+    result = invoke("bench", small_config, "--steps", "2")
+    assert result.exit_code == 0 and "images/s" in result.output and "maxpool2d" in result.output

@@ -134,3 +134,17 @@ def test_model_param_names_and_build_errors():
         build_model([specs[0], ("dense", {"units": 3})], (1, 8, 8), np.random.default_rng(0))
     with pytest.raises(ConfigError, match=r"layer 0 \(conv2d\).*does not fit the padded input 3x3"):
         build_model([("conv2d", {"filters": 1, "kernel_size": 5})], (1, 3, 3), np.random.default_rng(0))
+
+
+def test_conv_gives_the_same_result_for_channels_last_and_contiguous_inputs():
+    rng = np.random.default_rng(0)
+    layer = LAYERS.create("conv2d", {"filters": 4, "kernel_size": 3, "stride": 2, "padding": "same"})
+    layer.build((3, 7, 7), rng)
+    x = rng.standard_normal((2, 3, 7, 7)).astype(np.float32)
+    channels_last = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    y1 = layer.forward(x, training=True)
+    dx1 = layer.backward(np.ones_like(y1))
+    y2 = layer.forward(channels_last, training=True)
+    dx2 = layer.backward(np.ones_like(y2))
+    np.testing.assert_array_equal(y1, y2)
+    np.testing.assert_array_equal(dx1, dx2)

@@ -99,3 +99,50 @@ def unpad(dxp: np.ndarray, padding) -> np.ndarray:
     (t, b), (l, r) = padding
     H, W = dxp.shape[2] - t - b, dxp.shape[3] - l - r
     return dxp[:, :, t : t + H, l : l + W]
+
+
+# Channels-last kernels. Arrays keep their logical NCHW shape everywhere, but conv outputs
+# are NCHW-shaped views of NHWC memory (PyTorch's channels_last): a window's C*KH*KW values
+# are then contiguous runs, im2col is one strided copy, and the GEMM writes NHWC directly.
+
+def nhwc(x: np.ndarray) -> np.ndarray:
+    """The (N, H, W, C) array behind an NCHW-shaped one: free for channels-last memory, else one copy."""
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+
+
+def nchw(xh: np.ndarray) -> np.ndarray:
+    """An NCHW-shaped view of (N, H, W, C) memory."""
+    return xh.transpose(0, 3, 1, 2)
+
+
+def pad_nhwc(xh: np.ndarray, padding, value: float = 0.0) -> np.ndarray:
+    (t, b), (l, r) = padding
+    if t == b == l == r == 0:
+        return xh
+    N, H, W, C = xh.shape
+    out = np.full((N, H + t + b, W + l + r, C), value, dtype=xh.dtype)
+    out[:, t : t + H, l : l + W] = xh
+    return out
+
+
+def im2col_nhwc(xp: np.ndarray, kernel, stride, dilation, out_hw) -> np.ndarray:
+    """Padded (N, Hp, Wp, C) -> (N*OH*OW, KH*KW*C), rows in (n, oh, ow) order, columns in (kh, kw, c) order."""
+    N, _, _, C = xp.shape
+    sN, sH, sW, sC = xp.strides
+    win = as_strided(xp, shape=(N, out_hw[0], out_hw[1], kernel[0], kernel[1], C),
+                     strides=(sN, sH * stride[0], sW * stride[1], sH * dilation[0], sW * dilation[1], sC),
+                     writeable=False)
+    return np.ascontiguousarray(win).reshape(N * out_hw[0] * out_hw[1], kernel[0] * kernel[1] * C)
+
+
+def col2im_nhwc(dcols: np.ndarray, padded_shape, stride, dilation) -> np.ndarray:
+    """Sum window gradients (N, OH, OW, KH, KW, C) into a padded (N, Hp, Wp, C) array, one strided add per offset."""
+    N, OH, OW, KH, KW, C = dcols.shape
+    dxp = np.zeros(padded_shape, dtype=dcols.dtype)
+    sh, sw = stride
+    for i in range(KH):
+        top = i * dilation[0]
+        for j in range(KW):
+            left = j * dilation[1]
+            dxp[:, top : top + sh * (OH - 1) + 1 : sh, left : left + sw * (OW - 1) + 1 : sw] += dcols[:, :, :, i, j]
+    return dxp

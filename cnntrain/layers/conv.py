@@ -63,29 +63,31 @@ class Conv2D(Layer):
         check_shape(x, self.in_shape, self)
         N = x.shape[0]
         F, OH, OW = self.out_shape
-        cols = k.im2col(k.pad(x, self.pads), self.kernel_size, self.stride, self.dilation, (OH, OW))
-        y = cols @ self.params["W"].reshape(F, -1).T  # (N*OH*OW, F)
+        xp = k.pad_nhwc(k.nhwc(x), self.pads)
+        cols = k.im2col_nhwc(xp, self.kernel_size, self.stride, self.dilation, (OH, OW))  # (N*OH*OW, KH*KW*C)
+        W = self.params["W"].transpose(2, 3, 1, 0).reshape(-1, F)  # (KH*KW*C, F), matching the columns
+        y = cols @ W
         if self.use_bias:
             y += self.params["b"]
         if training:
-            self._cache = cols
-        # contiguous NCHW: the elementwise layers after a conv run several times faster on it
-        return np.ascontiguousarray(y.reshape(N, OH, OW, F).transpose(0, 3, 1, 2))
+            self._cache = (cols, W, xp.shape)
+        return k.nchw(y.reshape(N, OH, OW, F))
 
     def backward(self, dy):
-        cols = self._pop_cache()
+        cols, W, padded_shape = self._pop_cache()
         F, OH, OW = self.out_shape
-        C, H, W = self.in_shape
         N = dy.shape[0]
         KH, KW = self.kernel_size
-        dym = dy.transpose(0, 2, 3, 1).reshape(N * OH * OW, F)
-        self.grads["W"] = (dym.T @ cols).reshape(self.params["W"].shape)
+        C = self.in_shape[0]
+        dym = k.nhwc(dy).reshape(N * OH * OW, F)
+        self.grads["W"] = np.ascontiguousarray((cols.T @ dym).reshape(KH, KW, C, F).transpose(3, 2, 0, 1))
         if self.use_bias:
             self.grads["b"] = dym.sum(axis=0)
-        dcols = (dym @ self.params["W"].reshape(F, -1)).reshape(N, OH, OW, C, KH, KW)
-        (t, b), (l, r) = self.pads
-        dxp = k.col2im(dcols.transpose(0, 3, 1, 2, 4, 5), (N, C, H + t + b, W + l + r), self.stride, self.dilation)
-        return k.unpad(dxp, self.pads)
+        dcols = (dym @ W.T).reshape(N, OH, OW, KH, KW, C)
+        dxp = k.col2im_nhwc(dcols, padded_shape, self.stride, self.dilation)
+        (t, _), (l, _) = self.pads
+        H, Wd = self.in_shape[1:]
+        return k.nchw(dxp[:, t : t + H, l : l + Wd])
 
     def macs(self):
         F, OH, OW = self.out_shape

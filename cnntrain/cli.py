@@ -36,15 +36,37 @@ def _pct(value) -> str:
 
 
 @cli.command()
-@click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@click.argument("config", required=False, type=click.Path(exists=True, dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
               help="Override a config key, e.g. --set optimizer.lr=0.01 (value read as YAML). Repeatable.")
 @click.option("--name", help="Run name (default: the config's name, else the file name).")
 @click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False),
               help="Where run directories are created.")
 @click.option("--print-config", is_flag=True, help="Print the resolved config (defaults filled in) and exit.")
-def run(config, overrides, name, runs_dir, print_config):
-    """Train the network described by the experiment file CONFIG."""
+@click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False), metavar="RUN_DIR",
+              help="Continue an interrupted run from its checkpoints/last.npz (only --set train.epochs=N allowed).")
+def run(config, overrides, name, runs_dir, print_config, resume_dir):
+    """Train the network described by the experiment file CONFIG.
+
+    Ctrl-C or SIGTERM finishes the current step, saves a checkpoint and exits
+    130 or 143; `cnntrain run --resume RUN_DIR` then continues exactly.
+    """
+    echo = lambda line: click.echo(line, err=True)  # noqa: E731
+    if resume_dir is not None:
+        if config is not None or name is not None or print_config:
+            raise click.UsageError("--resume RUN_DIR takes no CONFIG, --name or --print-config")
+        epochs = None
+        for assignment in overrides:
+            key, _, value = assignment.partition("=")
+            if key.strip() != "train.epochs" or not value.strip().isdigit() or int(value) < 1:
+                raise click.UsageError(f"--resume allows only --set train.epochs=N (N >= 1), got --set {assignment}")
+            epochs = int(value)
+        from .experiment import resume_run
+
+        _print_summary(resume_run(resume_dir, epochs, echo=echo))
+        return
+    if config is None:
+        raise click.UsageError("missing CONFIG (or --resume RUN_DIR)")
     from .config import load_config
 
     cfg = load_config(config, overrides)
@@ -57,9 +79,12 @@ def run(config, overrides, name, runs_dir, print_config):
         return
     from .experiment import train_from_config
 
-    s = train_from_config(cfg, runs_dir, echo=lambda line: click.echo(line, err=True))
+    _print_summary(train_from_config(cfg, runs_dir, echo=echo))
+
+
+def _print_summary(s: dict) -> None:
     click.echo(f"{s['name']}: test accuracy {_pct(s['test_accuracy'])} (loss {s['test_loss']:.4f}), "
-               f"best val accuracy {_pct(s['best_val_accuracy'])} at epoch {s['best_epoch']}, "
+               f"best val accuracy {_pct(s['best_val_accuracy'])}, best {s['monitor']} at epoch {s['best_epoch']}, "
                f"{s['epochs']} epochs in {s['train_seconds']:.1f} s ({s['images_per_second']:,.0f} images/s); "
                f"run directory {s['run_dir']}")
 

@@ -72,6 +72,16 @@ class ModelConfig:
     l2: float = 0.0                             # L2 penalty (l2/2)*||W||^2 on every weight W (not biases or batchnorm); a layer's own `l2:` overrides
 
 
+MONITORS = ("val_acc", "val_loss", "train_acc", "train_loss")
+
+
+@dataclass
+class EarlyStoppingConfig:
+    monitor: Optional[str] = None  # metric to watch: val_acc, val_loss, train_acc, train_loss; default: train.monitor
+    patience: int = 5              # epochs without improvement before training stops
+    min_delta: float = 0.0         # an improvement smaller than this does not count
+
+
 FULL_BATCH_CHUNK = 1000  # images per pass when batch_size is `full` and chunk_size is not given
 
 
@@ -83,6 +93,10 @@ class TrainConfig:
     chunk_size: Optional[int] = None  # images per forward/backward pass inside a step (gradients accumulated); default: the batch, or 1000 for `full`
     shuffle: bool = True           # reshuffle the training set every epoch (seeded)
     eval_batch_size: int = 1000    # images per forward pass when evaluating (memory only, no effect on results)
+    monitor: str = "val_acc"       # the metric best.npz follows: val_acc, val_loss, train_acc, train_loss
+    checkpoint_every: Optional[int] = None    # also save checkpoints/last.npz every N steps (it is saved every epoch anyway)
+    grad_clip_norm: Optional[float] = None    # rescale the gradient when its global L2 norm exceeds this
+    early_stopping: Optional[EarlyStoppingConfig] = None  # e.g. {monitor: val_loss, patience: 3, min_delta: 0.001}
 
 
 @dataclass
@@ -210,8 +224,13 @@ def _build(cls, data, path: str):
                 raise ConfigError(f"{sub}: required key is missing")
             continue
         tp = hints[name]
-        if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, data[name] if data[name] is not None else {}, sub)
+        options = [a for a in typing.get_args(tp) if a is not type(None)] if typing.get_origin(tp) is Union else [tp]
+        if len(options) == 1 and dataclasses.is_dataclass(options[0]):
+            optional = options[0] is not tp
+            if data[name] is None and optional:
+                kwargs[name] = None
+            else:
+                kwargs[name] = _build(options[0], {} if data[name] is None else data[name], sub)
         else:
             kwargs[name] = _check(data[name], tp, sub)
     return cls(**kwargs)
@@ -280,10 +299,22 @@ def _resolve(cfg: Config) -> Config:
         raise ConfigError(f"optimizer.base_batch_size: lr_scaling: linear needs an integer >= 1, got {base!r}")
     SCHEDULES.create(cfg.schedule["name"], {"lr": 1.0, **{k: v for k, v in cfg.schedule.items() if k != "name"}},
                      "schedule")
-    for key in ("epochs", "batch_size", "eval_batch_size", "chunk_size"):
+    for key in ("epochs", "batch_size", "eval_batch_size", "chunk_size", "checkpoint_every"):
         value = getattr(cfg.train, key)
         if isinstance(value, int) and value < 1:
             raise ConfigError(f"train.{key}: must be >= 1, got {getattr(cfg.train, key)}")
+    for where, metric in (("train.monitor", cfg.train.monitor),
+                          ("train.early_stopping.monitor", cfg.train.early_stopping and cfg.train.early_stopping.monitor)):
+        if metric is not None and metric not in MONITORS:
+            raise ConfigError(f"{where}: expected one of {', '.join(MONITORS)}, got {metric!r}{did_you_mean(metric, MONITORS)}")
+    es = cfg.train.early_stopping
+    if es is not None:
+        if es.patience < 1:
+            raise ConfigError(f"train.early_stopping.patience: must be >= 1, got {es.patience}")
+        if es.min_delta < 0:
+            raise ConfigError(f"train.early_stopping.min_delta: must be >= 0, got {es.min_delta}")
+    if cfg.train.grad_clip_norm is not None and not cfg.train.grad_clip_norm > 0:
+        raise ConfigError(f"train.grad_clip_norm: must be > 0 or null, got {cfg.train.grad_clip_norm}")
     v = cfg.data.validation
     if v < 0 or (isinstance(v, float) and v >= 1):
         raise ConfigError(f"data.validation: expected an image count >= 0 or a fraction in [0, 1), got {v}")

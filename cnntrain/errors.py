@@ -21,3 +21,11 @@ class RunError(CnnTrainError):
     """A failure while running: missing data, I/O, divergence (exit 1)."""
 
     exit_code = 1
+
+
+class RunInterrupted(CnnTrainError):
+    """Training stopped by a signal after saving a checkpoint; exit 128 + signal (130 Ctrl-C, 143 SIGTERM)."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import platform
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,15 +18,16 @@ from . import __version__
 from .config import Config, config_from_text
 from .data.loader import BatchLoader, holdout
 from .data.transforms import Preprocess
-from .errors import ConfigError, RunError
+from .errors import ConfigError, RunError, RunInterrupted
 from .losses import L2Penalty
 from .metrics import confusion_matrix, per_class_accuracy
 from .model import Sequential, build_model
 from .optim.schedules import build_momentum_schedule, build_schedule
 from .registry import DATASETS, LOSSES, OPTIMIZERS, PREPROCESS, accepted_kwargs
 from .runs import (CSVLogger, atomic_write_text, find_checkpoint, json_number, load_checkpoint, make_run_dir,
-                   save_checkpoint, write_json)
-from .train import STEP_COLUMNS, Callback, TrainState, evaluate, fit
+                   save_checkpoint, truncate_csv, write_json)
+from .train import (STEP_COLUMNS, Callback, EarlyStopping, Interrupted, TrainState, evaluate, fit, improved,
+                    monitor_mode)
 
 MODEL_STREAM = 0  # spawn_key of the generator that initialises weights and draws dropout masks
 
@@ -183,35 +188,42 @@ def build_setup(cfg: Config, splits: Splits) -> Setup:
     return Setup(splits, model, loss, build_optimizer(cfg), loader, schedule, momentum, cfg.chunk_size(n_train))
 
 
-def rng_state(rng: np.random.Generator) -> dict:
-    return rng.bit_generator.state
-
-
 class Checkpointer(Callback):
-    """Saves checkpoints/last.npz every epoch and best.npz when validation accuracy improves."""
+    """checkpoints/last.npz every epoch (and every `every` steps, and on interrupt); best.npz when `monitor` improves.
+
+    With no validation split, a val_* monitor falls back to its train_* twin.
+    """
 
     def __init__(self, run_dir: Path, cfg: Config, model: Sequential, optimizer, classes):
         self.dir = run_dir / "checkpoints"
         self.config_text = cfg.to_yaml()
         self.model, self.optimizer, self.classes = model, optimizer, list(classes)
-        self.best_state = None
+        self.monitor, self.every = cfg.train.monitor, cfg.train.checkpoint_every
 
     def save(self, name: str, state: TrainState) -> None:
-        meta = {"epoch": state.epoch, "step": state.step, "best_val_acc": json_number(state.best_val_acc),
-                "best_epoch": state.best_epoch, "classes": self.classes, "rng": rng_state(self.model.rng),
-                "input_shape": list(self.model.in_shape), "cnntrain_version": __version__}
+        meta = {"epoch": state.epoch, "step": state.step, "classes": self.classes,
+                "rng": self.model.rng.bit_generator.state, "input_shape": list(self.model.in_shape),
+                "state": state.to_dict(), "cnntrain_version": __version__}
         save_checkpoint(self.dir / name, self.config_text, meta,
                         {**self.model.state_dict(), **self.optimizer.state_dict()})
 
-    def on_epoch_end(self, state, logs):
-        monitored = logs["val_acc"] if math.isfinite(logs["val_acc"]) else logs["train_acc"]
-        improved = monitored > state.best_val_acc
-        if improved:
-            state.best_val_acc, state.best_epoch = monitored, state.epoch
+    def on_step_end(self, state, logs):
+        if self.every and state.step % self.every == 0:
+            self.save("last.npz", state)
+
+    def on_interrupt(self, state):
         self.save("last.npz", state)
-        if improved:
+
+    def on_epoch_end(self, state, logs):
+        metric = self.monitor
+        if not math.isfinite(logs[metric]) and metric.startswith("val_"):
+            metric = "train_" + metric[len("val_"):]
+        better = improved(logs[metric], state.best_value, monitor_mode(metric))
+        if better:
+            state.best_value, state.best_epoch = logs[metric], state.epoch
+        self.save("last.npz", state)
+        if better:
             self.save("best.npz", state)
-            self.best_state = {k: v.copy() for k, v in self.model.state_dict().items()}
 
 
 class PlotCallback(Callback):
@@ -253,45 +265,132 @@ def versions() -> dict:
     return {"cnntrain": __version__, "python": platform.python_version(), "numpy": np.__version__}
 
 
+@contextlib.contextmanager
+def stop_on_signals():
+    """Ctrl-C and SIGTERM ask training to stop after the current step; yields a poll returning the signal.
+
+    A second signal stops at once (KeyboardInterrupt), for a step that takes too long.
+    """
+    received = []
+
+    def handler(signum, frame):
+        if received:
+            raise KeyboardInterrupt
+        received.append(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None
+        return
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: received[0] if received else None
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
 def train_from_config(cfg: Config, runs_dir="runs", echo=print, progress=None) -> dict:
     """Train cfg end to end into a new run directory; returns summary.json's content."""
     splits = load_splits(cfg, log=echo)
     setup = build_setup(cfg, splits)
-    model, loss, optimizer, loader = setup.model, setup.loss, setup.optimizer, setup.loader
     run_dir = make_run_dir(runs_dir, cfg.name)
     echo(f"run directory: {run_dir}")
     atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+    return _train(cfg, run_dir, setup, TrainState(), echo, progress)
+
+
+def resume_run(run_dir, epochs: int | None = None, echo=print, progress=None) -> dict:
+    """Continue a run from checkpoints/last.npz, as if it had never stopped (optionally to more epochs)."""
+    run_dir = Path(run_dir)
+    path = run_dir / "config.yaml"
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{run_dir}: not a run directory (cannot read config.yaml: {exc.strerror or exc})") from None
+    cfg = config_from_text(text, str(path))
+    if epochs is not None:
+        cfg.train.epochs = epochs
+    checkpoint = run_dir / "checkpoints" / "last.npz"
+    if not checkpoint.is_file():
+        raise RunError(f"{run_dir}: no checkpoints/last.npz to resume from (the run stopped before its first "
+                       "checkpoint; start it again)")
+    _, meta, arrays = load_checkpoint(checkpoint)
+    for stale in checkpoint.parent.glob(".*.tmp"):  # left by a process killed while writing
+        stale.unlink(missing_ok=True)
+    splits = load_splits(cfg, log=echo)
+    setup = build_setup(cfg, splits)
+    state = TrainState.from_dict(meta.get("state", {}))
+    finished = state.stopped_early or state.step >= cfg.train.epochs * len(setup.loader)
+    if finished and _status(run_dir) == "completed":
+        raise ConfigError(f"{run_dir}: already trained {state.epoch} of {cfg.train.epochs} epochs"
+                          f"{' (stopped early)' if state.stopped_early else ''}; "
+                          "resume with --set train.epochs=N to train further")
+    try:
+        setup.model.load_state_dict({k: v for k, v in arrays.items() if not k.startswith("optim/")}, str(checkpoint))
+        setup.optimizer.load_state_dict({k: v for k, v in arrays.items() if k.startswith("optim/")})
+        setup.model.rng.bit_generator.state = meta["rng"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RunError(f"{checkpoint}: does not fit {path}: {exc}") from None
+    truncate_csv(run_dir / "metrics.csv", "epoch", state.epoch)
+    truncate_csv(run_dir / "steps.csv", "step", state.step)
+    atomic_write_text(path, cfg.to_yaml())
+    echo(f"resuming {run_dir} at epoch {state.epoch + 1}, step {state.step + 1}")
+    return _train(cfg, run_dir, setup, state, echo, progress)
+
+
+def _status(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / "summary.json").read_text()).get("status")
+    except (OSError, ValueError):
+        return None
+
+
+def _train(cfg: Config, run_dir: Path, setup: Setup, state: TrainState, echo, progress) -> dict:
+    """fit() with the run directory's callbacks; keeps summary.json's status current."""
+    from .progress import ProgressBar
+
+    splits, model, loss, loader = setup.splits, setup.model, setup.loss, setup.loader
     summary = {"name": cfg.name, "status": "running", "seed": cfg.seed, "run_dir": str(run_dir),
                "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "params": model.num_params(),
                "train_images": len(splits.train[1]), "val_images": len(splits.val[1]),
                "test_images": len(splits.test[1]), "versions": versions()}
     write_json(run_dir / "summary.json", summary)
-
-    from .progress import ProgressBar
-
-    checkpointer = Checkpointer(run_dir, cfg, model, optimizer, splits.classes)
     step_columns = STEP_COLUMNS + (["momentum"] if setup.momentum else [])
-    callbacks = [ProgressBar(cfg.train.epochs, bar=progress), CSVLogger(run_dir, step_columns), checkpointer,
-                 PlotCallback(run_dir)]
+    callbacks = [ProgressBar(cfg.train.epochs, bar=progress), CSVLogger(run_dir, step_columns)]
+    if cfg.train.early_stopping is not None:
+        es = cfg.train.early_stopping
+        callbacks.append(EarlyStopping(es.monitor or cfg.train.monitor, es.patience, es.min_delta))
+    callbacks += [Checkpointer(run_dir, cfg, model, setup.optimizer, splits.classes), PlotCallback(run_dir)]
     try:
-        state = fit(model, loss, optimizer, setup.schedule, loader, splits.val, cfg.train.epochs, callbacks,
-                    eval_batch_size=cfg.train.eval_batch_size, penalty=build_penalty(cfg, model),
-                    momentum=setup.momentum, chunk_size=setup.chunk_size)
-    except RunError:
-        write_json(run_dir / "summary.json", {**summary, "status": "diverged"})
+        with stop_on_signals() as stop_requested:
+            state = fit(model, loss, setup.optimizer, setup.schedule, loader, splits.val, cfg.train.epochs, callbacks,
+                        state, eval_batch_size=cfg.train.eval_batch_size, penalty=build_penalty(cfg, model),
+                        momentum=setup.momentum, chunk_size=setup.chunk_size,
+                        grad_clip_norm=cfg.train.grad_clip_norm, stop_requested=stop_requested)
+    except Interrupted as exc:
+        write_json(run_dir / "summary.json", {**summary, "status": "interrupted"})
+        raise RunInterrupted(f"interrupted at epoch {state.epoch + 1}, step {state.step}; checkpoint saved; "
+                             f"resume with: cnntrain run --resume {run_dir}", exc.signum) from None
+    except RunError as exc:
+        status = "diverged" if "diverged" in str(exc) else "failed"
+        write_json(run_dir / "summary.json", {**summary, "status": status})
         raise
     except BaseException:
         write_json(run_dir / "summary.json", {**summary, "status": "failed"})
         raise
 
-    if checkpointer.best_state is not None:
-        model.load_state_dict(checkpointer.best_state)
+    best = run_dir / "checkpoints" / "best.npz"
+    if best.is_file():  # test the weights that eval uses by default
+        _, _, arrays = load_checkpoint(best)
+        model.load_state_dict({k: v for k, v in arrays.items() if not k.startswith("optim/")}, str(best))
     test_loss, test_acc, _ = evaluate(model, loss, *splits.test, loader.preprocess, cfg.train.eval_batch_size)
     last = state.history[-1]
+    val_accs = [row["val_acc"] for row in state.history if math.isfinite(row["val_acc"])]
     summary.update({
-        "status": "completed", "epochs": state.epoch, "steps": state.step,
+        "status": "completed", "epochs": state.epoch, "steps": state.step, "stopped_early": state.stopped_early,
         "test_loss": json_number(test_loss), "test_accuracy": json_number(test_acc), "test_checkpoint": "best.npz",
-        "best_val_accuracy": json_number(state.best_val_acc), "best_epoch": state.best_epoch,
+        "monitor": cfg.train.monitor, "best_monitor_value": json_number(state.best_value),
+        "best_epoch": state.best_epoch, "best_val_accuracy": max(val_accs) if val_accs else None,
         "final_train_loss": json_number(last["train_loss"]), "final_train_accuracy": json_number(last["train_acc"]),
         "final_val_loss": json_number(last["val_loss"]), "final_val_accuracy": json_number(last["val_acc"]),
         "train_seconds": round(state.train_seconds, 3),

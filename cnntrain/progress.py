@@ -61,3 +61,5 @@ class ProgressBar(Callback):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+    on_interrupt = on_train_end

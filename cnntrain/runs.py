@@ -132,7 +132,10 @@ class CSVLogger(Callback):
         if name not in self.files:
             path = self.run_dir / name
             new = not path.exists() or path.stat().st_size == 0
-            f = open(path, "a", newline="")
+            try:
+                f = open(path, "a", newline="")
+            except OSError as exc:
+                raise RunError(f"{path}: cannot write: {exc.strerror or exc}") from None
             writer = csv.DictWriter(f, fieldnames=columns)
             if new:
                 writer.writeheader()
@@ -141,8 +144,11 @@ class CSVLogger(Callback):
 
     def _append(self, name, columns, logs):
         f, writer = self._writer(name, columns)
-        writer.writerow({k: format_value(logs[k]) for k in columns})
-        f.flush()
+        try:
+            writer.writerow({k: format_value(logs[k]) for k in columns})
+            f.flush()
+        except OSError as exc:
+            raise RunError(f"{self.run_dir / name}: cannot write: {exc.strerror or exc}") from None
 
     def on_step_end(self, state, logs):
         self._append("steps.csv", self.step_columns, logs)
@@ -155,6 +161,8 @@ class CSVLogger(Callback):
             f.close()
         self.files = {}
 
+    on_interrupt = on_train_end
+
 
 def format_value(value):
     """How a number is written to the CSV files: 10 significant digits, NaN as an empty cell."""
@@ -163,6 +171,26 @@ def format_value(value):
     if isinstance(value, np.integer):
         return int(value)
     return value
+
+
+def truncate_csv(path, column: str, last: int) -> None:
+    """Keep only the rows whose `column` is <= last (rows after a checkpoint are trained again on resume)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        lines = f.read().splitlines(keepends=True)
+    if not lines:
+        return
+    index = next(csv.reader([lines[0]])).index(column)
+
+    def keep(line: str) -> bool:
+        try:  # a row cut short by a kill has no newline or too few cells: drop it
+            return line.endswith("\n") and int(next(csv.reader([line]))[index]) <= last
+        except (ValueError, IndexError, StopIteration):
+            return False
+
+    atomic_write_text(path, "".join([lines[0]] + [line for line in lines[1:] if keep(line)]))
 
 
 def read_csv(path) -> dict[str, np.ndarray]:

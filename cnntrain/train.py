@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -17,15 +18,41 @@ STEP_COLUMNS = ["step", "epoch", "loss", "acc", "lr"]
 
 @dataclass
 class TrainState:
-    """Where training is: completed epochs and steps, and the best monitored value so far."""
+    """Where training is, in enough detail to resume it exactly (saved as JSON in checkpoints).
+
+    epoch and step count completed epochs and optimizer steps; the epoch_* sums belong to the
+    epoch in progress, so a run stopped mid-epoch resumes with the same metrics row.
+    """
 
     epoch: int = 0
     step: int = 0
-    best_val_acc: float = -math.inf
+    best_value: float | None = None      # best monitored metric so far (best.npz)
     best_epoch: int = 0
     train_seconds: float = 0.0
     images_seen: int = 0
+    epoch_loss_sum: float = 0.0
+    epoch_reg_sum: float = 0.0
+    epoch_correct: int = 0
+    epoch_seen: int = 0
+    epoch_seconds: float = 0.0
+    wait: int = 0                        # epochs without improvement (early stopping)
+    stopped_early: bool = False
     history: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainState":
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
+
+
+class Interrupted(Exception):
+    """Training stopped between two steps because a signal asked it to."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
 class Callback:
@@ -35,7 +62,46 @@ class Callback:
     def on_epoch_begin(self, state: TrainState) -> None: ...
     def on_step_end(self, state: TrainState, logs: dict) -> None: ...
     def on_epoch_end(self, state: TrainState, logs: dict) -> None: ...
+    def on_interrupt(self, state: TrainState) -> None: ...
     def on_train_end(self, state: TrainState) -> None: ...
+
+
+def improved(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
+    """value beats best by more than min_delta in direction mode ('max' or 'min'); NaN never does."""
+    if not math.isfinite(value):
+        return False
+    if best is None:
+        return True
+    return value > best + min_delta if mode == "max" else value < best - min_delta
+
+
+def monitor_mode(metric: str) -> str:
+    """Accuracies are maximised, losses minimised."""
+    return "max" if metric.endswith("acc") else "min"
+
+
+class EarlyStopping(Callback):
+    """Stops training after `patience` epochs in which `monitor` did not improve by more than min_delta."""
+
+    def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0):
+        self.monitor, self.patience, self.min_delta = monitor, patience, min_delta
+        self.mode = monitor_mode(monitor)
+        self.best = None
+
+    def on_train_begin(self, state, steps_per_epoch):
+        values = [row[self.monitor] for row in state.history[: len(state.history) - state.wait]]
+        self.best = None
+        for value in values:  # replay, so a resumed run knows its best
+            if improved(value, self.best, self.mode, self.min_delta):
+                self.best = value
+
+    def on_epoch_end(self, state, logs):
+        if improved(logs[self.monitor], self.best, self.mode, self.min_delta):
+            self.best, state.wait = logs[self.monitor], 0
+        else:
+            state.wait += 1
+            if state.wait >= self.patience:
+                state.stopped_early = True
 
 
 def evaluate(model, loss, x: np.ndarray, y: np.ndarray, preprocess, batch_size: int):
@@ -50,12 +116,19 @@ def evaluate(model, loss, x: np.ndarray, y: np.ndarray, preprocess, batch_size: 
     return total / n, float((pred == y).mean()) if len(y) else math.nan, pred
 
 
-def train_step(model, loss, optimizer, x_u8, y, transform, lr: float, chunk_size: int, penalty=None):
-    """One optimizer step on a batch: (data loss, correct predictions, penalty).
+def global_norm(grads: dict[str, np.ndarray]) -> float:
+    """sqrt of the sum of squares of every gradient entry (NaN or inf if any entry is)."""
+    return math.sqrt(sum(float(np.vdot(g, g)) for g in grads.values()))
+
+
+def train_step(model, loss, optimizer, x_u8, y, transform, lr: float, chunk_size: int, penalty=None,
+               grad_clip_norm: float | None = None):
+    """One optimizer step on a batch: (data loss, correct predictions, penalty, gradient norm).
 
     A batch larger than chunk_size is run chunk by chunk with gradients accumulated,
     weighted by chunk length, so the step uses the exact mean gradient of the whole
-    batch while memory stays bounded (full-batch gradient descent).
+    batch while memory stays bounded (full-batch gradient descent). Nothing is updated
+    when the loss or the gradient is not finite.
     """
     n = len(y)
     params = model.named_params()
@@ -77,52 +150,76 @@ def train_step(model, loss, optimizer, x_u8, y, transform, lr: float, chunk_size
             for k, g in model.named_grads().items():
                 grads[k] += g * g.dtype.type(w)
     if not math.isfinite(total):
-        return total, correct, 0.0
+        return total, correct, 0.0, math.nan
     reg = penalty.apply(params, grads) if penalty else 0.0
+    norm = global_norm(grads)
+    if not math.isfinite(norm):
+        return total, correct, reg, norm
+    if grad_clip_norm is not None and norm > grad_clip_norm:
+        scale = grad_clip_norm / norm
+        grads = {k: g * g.dtype.type(scale) for k, g in grads.items()}
     optimizer.step(params, grads, lr)
-    return total, correct, reg
+    return total, correct, reg, norm
 
 
 def fit(model, loss, optimizer, schedule, loader, val, epochs: int, callbacks=(), state: TrainState | None = None,
-        eval_batch_size: int = 1000, penalty=None, momentum=None, chunk_size: int | None = None) -> TrainState:
-    """Train from `state` (default: the start) to `epochs`; val is (x_u8, y) or None.
+        eval_batch_size: int = 1000, penalty=None, momentum=None, chunk_size: int | None = None,
+        grad_clip_norm: float | None = None, stop_requested=lambda: None) -> TrainState:
+    """Train from `state` (default: the start, else where it stopped, even mid-epoch) to `epochs`.
 
-    schedule(step) gives the lr of each step, momentum(step) (optional) sets optimizer.mu.
+    val is (x_u8, y) or None; schedule(step) gives each step's lr and momentum(step) (optional)
+    sets optimizer.mu. stop_requested() returning a signal number ends training after the
+    current step with Interrupted, once every callback's on_interrupt has run (checkpointing).
     train_loss is the data loss alone; an L2 penalty's value is logged beside it as reg_loss.
+    A non-finite loss or gradient norm raises RunError before any parameter changes.
     """
     state = state or TrainState()
     steps = len(loader)
     chunk_size = chunk_size or loader.batch_size
     for cb in callbacks:
         cb.on_train_begin(state, steps)
-    for epoch in range(state.epoch, epochs):
+    while state.epoch < epochs and not state.stopped_early:
+        epoch = state.epoch
+        first = state.step - epoch * steps  # batches of this epoch already done (resuming mid-epoch)
+        if first == 0:
+            state.epoch_loss_sum = state.epoch_reg_sum = state.epoch_seconds = 0.0
+            state.epoch_correct = state.epoch_seen = 0
         for cb in callbacks:
             cb.on_epoch_begin(state)
-        start = time.perf_counter()
-        loss_sum, reg_sum, correct, seen = 0.0, 0.0, 0, 0
-        lr = schedule(state.step)
-        for x_u8, yb in loader.epoch(epoch):
+        for x_u8, yb in loader.epoch(epoch, start=first):
+            start = time.perf_counter()
             lr = schedule(state.step)
             logs = {"step": state.step + 1, "epoch": epoch + 1, "lr": lr}
             if momentum is not None:
                 optimizer.mu = logs["momentum"] = momentum(state.step)
-            batch_loss, batch_correct, reg = train_step(model, loss, optimizer, x_u8, yb, loader.transform, lr,
-                                                        chunk_size, penalty)
-            if not math.isfinite(batch_loss):
-                raise RunError(f"training diverged: loss is {batch_loss} at epoch {epoch + 1}, step {state.step + 1}, "
-                               f"lr {lr:g}; try a smaller optimizer.lr or a warmup")
+            with np.errstate(over="ignore", invalid="ignore"):  # overflow is caught below, as divergence
+                batch_loss, batch_correct, reg, norm = train_step(model, loss, optimizer, x_u8, yb, loader.transform,
+                                                                  lr, chunk_size, penalty, grad_clip_norm)
+            if not (math.isfinite(batch_loss) and math.isfinite(norm)):
+                what = f"loss is {batch_loss}" if not math.isfinite(batch_loss) else f"gradient norm is {norm}"
+                raise RunError(f"training diverged: {what} at epoch {epoch + 1}, step {state.step + 1}, lr {lr:g}; "
+                               "try a smaller optimizer.lr, a warmup (schedule.warmup_epochs) or "
+                               "train.grad_clip_norm")
             state.step += 1
-            loss_sum += batch_loss * len(yb)
-            reg_sum += reg * len(yb)
-            correct += batch_correct
-            seen += len(yb)
+            state.epoch_loss_sum += batch_loss * len(yb)
+            state.epoch_reg_sum += reg * len(yb)
+            state.epoch_correct += batch_correct
+            state.epoch_seen += len(yb)
+            state.epoch_seconds += time.perf_counter() - start
             logs.update(loss=batch_loss, acc=batch_correct / len(yb))
             for cb in callbacks:
                 cb.on_step_end(state, logs)
-        seconds = time.perf_counter() - start
-        logs = {"epoch": epoch + 1, "step": state.step, "train_loss": loss_sum / seen, "train_acc": correct / seen,
-                "val_loss": math.nan, "val_acc": math.nan, "lr": lr, "seconds": seconds, "reg_loss": reg_sum / seen}
-        state.train_seconds += seconds
+            signum = stop_requested()
+            if signum is not None and state.step < epochs * steps:
+                for cb in callbacks:
+                    cb.on_interrupt(state)
+                raise Interrupted(signum)
+        seen = state.epoch_seen
+        logs = {"epoch": epoch + 1, "step": state.step, "train_loss": state.epoch_loss_sum / seen,
+                "train_acc": state.epoch_correct / seen, "val_loss": math.nan, "val_acc": math.nan,
+                "lr": schedule(state.step - 1),
+                "seconds": state.epoch_seconds, "reg_loss": state.epoch_reg_sum / seen}
+        state.train_seconds += state.epoch_seconds
         state.images_seen += seen
         if val is not None and len(val[1]):
             logs["val_loss"], logs["val_acc"], _ = evaluate(model, loss, *val, loader.preprocess, eval_batch_size)

@@ -46,9 +46,9 @@ def test_chunked_full_batch_step_equals_one_step_on_the_mean_gradient():
     a, b = model64(), model64()
     sgd_a, sgd_b = OPTIMIZERS.create("sgd", {"lr": 0.1}), OPTIMIZERS.create("sgd", {"lr": 0.1})
     # reference: the whole batch in one forward/backward pass
-    la, _, _ = train_step(a, loss, sgd_a, x, y, pre, 0.1, chunk_size=50)
+    la, _, _, _ = train_step(a, loss, sgd_a, x, y, pre, 0.1, chunk_size=50)
     # chunks of 7 (uneven: 7*7 + 1): gradients weighted by chunk length
-    lb, _, _ = train_step(b, loss, sgd_b, x, y, pre, 0.1, chunk_size=7)
+    lb, _, _, _ = train_step(b, loss, sgd_b, x, y, pre, 0.1, chunk_size=7)
     assert lb == pytest.approx(la, rel=1e-12)
     for k, v in a.named_params().items():
         np.testing.assert_allclose(b.named_params()[k], v, rtol=1e-12, atol=1e-14)

@@ -47,7 +47,7 @@ def resolve_padding(padding, size_hw, kernel_hw, stride_hw, dilation_hw=(1, 1)):
             if min(min(s) for s in sides) < 0:
                 raise ValueError(f"padding: must be >= 0, got {padding!r}")
             return tuple(sides)
-    raise ValueError(f"padding must be 'valid', 'same', an int or a pair, got {padding!r}")
+    raise ValueError(f"padding: must be 'valid', 'same', an int or a pair, got {padding!r}")
 
 
 def pad(x: np.ndarray, padding, value: float = 0.0) -> np.ndarray:

@@ -60,3 +60,31 @@ def test_same_padding_gives_ceil_of_size_over_stride():
     for n, kk, s, d in itertools.product(range(1, 12), (1, 2, 3, 4, 5), (1, 2, 3), (1, 2)):
         pads = k.same_pad(n, kk, s, d)
         assert k.out_size(n, kk, s, pads, d) == -(-n // s), (n, kk, s, d, pads)
+
+
+@pytest.mark.parametrize("size,stride,padding,H,W", [
+    (2, None, "valid", 6, 6), (2, None, "valid", 7, 5), (3, 2, "valid", 7, 7), (3, 1, 1, 5, 5),
+    (2, None, "same", 5, 5), (3, 2, "same", 6, 7), ((3, 2), (1, 2), ((1, 0), (0, 1)), 5, 6),
+])
+def test_avgpool_forward_matches_loops(size, stride, padding, H, W):
+    rng = np.random.default_rng(0)
+    layer = LAYERS.create("avgpool2d", {"size": size, "stride": stride, "padding": padding})
+    out_shape = layer.build((2, H, W), rng)
+    x = rng.standard_normal((3, 2, H, W))
+    expected = reference.avgpool2d(x, layer.size, layer.stride, layer.pads)
+    y = layer.forward(x, training=False)
+    assert y.shape == (3, *out_shape) == expected.shape, f"{y.shape} vs {expected.shape}"
+    np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["max", "avg"])
+@pytest.mark.parametrize("H,W", [(7, 5), (9, 12)])
+def test_spp_forward_matches_loops(mode, H, W):
+    rng = np.random.default_rng(0)
+    layer = LAYERS.create("spp", {"levels": [1, 2, 3], "mode": mode})
+    assert layer.build((3, 7, 5), rng) == (3 * (1 + 4 + 9),)
+    x = rng.standard_normal((2, 3, H, W))  # (9, 12): a size other than the built one
+    expected = reference.spp(x, [1, 2, 3], mode)
+    y = layer.forward(x, training=False)
+    assert y.shape == expected.shape == (2, 42), f"{y.shape} vs {expected.shape}"
+    np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)

@@ -1,4 +1,4 @@
-"""Max pooling over NCHW batches."""
+"""Pooling over NCHW batches: windowed max and average, global average, spatial pyramid."""
 
 from __future__ import annotations
 
@@ -9,13 +9,8 @@ from . import _im2col as k
 from .base import Layer, check_shape, pair
 
 
-@LAYERS.register("maxpool2d")
-class MaxPool2D(Layer):
-    """y[n, c, i, j] = max of the size x size window at (i*stride, j*stride).
-
-    x: (N, C, H, W) -> (N, C, OH, OW). stride defaults to size; padding pads with -inf.
-    The gradient goes to the first maximum of each window (row-major), as in PyTorch.
-    """
+class _Pool2D(Layer):
+    """Shared options of the windowed poolings: size, stride (default = size), padding."""
 
     def __init__(self, size=2, stride=None, padding="valid"):
         super().__init__()
@@ -45,6 +40,19 @@ class MaxPool2D(Layer):
             for j in range(self.size[1]):
                 yield i * self.size[1] + j, slice(i, i + sh * (OH - 1) + 1, sh), slice(j, j + sw * (OW - 1) + 1, sw)
 
+    def get_config(self):
+        stride = None if self._stride_arg is None else list(self.stride)
+        return {"size": list(self.size), "stride": stride, "padding": self.padding}
+
+
+@LAYERS.register("maxpool2d")
+class MaxPool2D(_Pool2D):
+    """y[n, c, i, j] = max of the size x size window at (i*stride, j*stride).
+
+    x: (N, C, H, W) -> (N, C, OH, OW). stride defaults to size; padding pads with -inf.
+    The gradient goes to the first maximum of each window (row-major), as in PyTorch.
+    """
+
     def forward(self, x, training):
         # One elementwise pass per kernel offset (KH*KW of them) over strided views: no window copies.
         check_shape(x, self.in_shape, self)
@@ -69,6 +77,184 @@ class MaxPool2D(Layer):
             dxp[:, :, rows, cols] += dy * (idx == o)
         return k.unpad(dxp, self.pads)
 
+
+@LAYERS.register("avgpool2d")
+class AvgPool2D(_Pool2D):
+    """y[n, c, i, j] = mean of the window at (i*stride, j*stride) over its elements inside the input.
+
+    x: (N, C, H, W) -> (N, C, OH, OW). stride defaults to size. Padding is not counted: a window
+    hanging over the border divides by its in-input element count (Keras 'same'; PyTorch's
+    count_include_pad=False), so a constant input stays constant.
+    """
+
+    def build(self, in_shape, rng):
+        C, OH, OW = super().build(in_shape, rng)
+        (t, b), (l, r) = self.pads
+        _, H, W = self.in_shape
+        inside = np.zeros((H + t + b, W + l + r))
+        inside[t : t + H, l : l + W] = 1
+        count = sum(inside[rows, cols] for _, rows, cols in self._offsets())  # (OH, OW)
+        if count.min() == 0:
+            raise ValueError(f"padding: {self.padding!r} leaves a {self.size[0]}x{self.size[1]} window "
+                             f"with no input element (input {C}x{H}x{W})")
+        self._count, self._inv_count = count, 1.0 / count
+        return self.out_shape
+
+    def _row_col_slices(self):
+        (sh, sw), (_, OH, OW) = self.stride, self.out_shape
+        rows = [slice(i, i + sh * (OH - 1) + 1, sh) for i in range(self.size[0])]
+        cols = [slice(j, j + sw * (OW - 1) + 1, sw) for j in range(self.size[1])]
+        return rows, cols
+
+    def forward(self, x, training):
+        # The window sum is separable: KH strided adds down the rows, then KW across the columns
+        # (KH + KW passes, the second on an array OH/H as large) instead of KH*KW passes.
+        check_shape(x, self.in_shape, self)
+        xp = k.pad(x, self.pads)
+        rows, cols = self._row_col_slices()
+        r = xp[:, :, rows[0]]  # (N, C, OH, Wp)
+        for s in rows[1:]:
+            r = r + xp[:, :, s]
+        y = r[:, :, :, cols[0]]  # (N, C, OH, OW)
+        for s in cols[1:]:
+            y = y + r[:, :, :, s]
+        if training:
+            self._cache = xp.shape
+        return y * self._inv_count.astype(x.dtype)
+
+    def backward(self, dy):
+        padded_shape = self._pop_cache()
+        rows, cols = self._row_col_slices()
+        dyw = dy * self._inv_count.astype(dy.dtype)
+        dr = np.zeros((*dy.shape[:3], padded_shape[3]), dtype=dy.dtype)  # (N, C, OH, Wp)
+        for s in cols:
+            dr[:, :, :, s] += dyw
+        dxp = np.zeros(padded_shape, dtype=dy.dtype)
+        for s in rows:
+            dxp[:, :, s] += dr
+        return k.unpad(dxp, self.pads)
+
+    def macs(self):
+        """One add per input element of every window (padding excluded); comparisons in max pooling count 0."""
+        return self.out_shape[0] * int(self._count.sum())
+
+
+@LAYERS.register("global_avgpool")
+class GlobalAvgPool2D(Layer):
+    """y[n, c] = mean of x[n, c] over H and W.  x: (N, C, H, W) -> (N, C)."""
+
+    def build(self, in_shape, rng):
+        if len(in_shape) != 3:
+            raise ValueError(f"expects input (channels, height, width), got {tuple(in_shape)}")
+        self.in_shape, self.out_shape = tuple(in_shape), (in_shape[0],)
+        return self.out_shape
+
+    def forward(self, x, training):
+        check_shape(x, self.in_shape, self)
+        if training:
+            self._cache = True
+        return x.mean(axis=(2, 3))
+
+    def backward(self, dy):
+        self._pop_cache()
+        _, H, W = self.in_shape
+        dyw = dy * dy.dtype.type(1 / (H * W))
+        return np.broadcast_to(dyw[:, :, None, None], (*dy.shape, H, W)).copy()
+
+    def macs(self):
+        """One add per input element."""
+        C, H, W = self.in_shape
+        return C * H * W
+
+
+def adaptive_bins(size: int, n: int) -> list[tuple[int, int]]:
+    """PyTorch adaptive-pooling bins of 0..size-1: bin i is [floor(i*size/n), ceil((i+1)*size/n))."""
+    return [((i * size) // n, -(-(i + 1) * size // n)) for i in range(n)]
+
+
+@LAYERS.register("spp")
+class SpatialPyramidPooling(Layer):
+    """Spatial pyramid pooling (He et al., 2014): (N, C, H, W) -> (N, C * sum(n*n for n in levels)).
+
+    Level n pools n x n bins with PyTorch's adaptive-pooling boundaries; each level is flattened
+    channel-major (c, i, j) and the levels are concatenated in order, so the length does not
+    depend on H and W (any H, W >= max(levels)). mode 'max': the gradient goes to the first maximum of a bin.
+    """
+
+    def __init__(self, levels=(1, 2, 4), mode: str = "max"):
+        super().__init__()
+        if (not isinstance(levels, (list, tuple)) or not levels
+                or any(isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1 for n in levels)):
+            raise ValueError(f"levels: must be a non-empty list of integers >= 1, got {levels!r}")
+        if mode not in ("max", "avg"):
+            raise ValueError(f"mode: must be 'max' or 'avg', got {mode!r}")
+        self.levels, self.mode = [int(n) for n in levels], mode
+
+    def _check_size(self, H, W):
+        if min(H, W) < max(self.levels):
+            raise ValueError(f"levels: input {H}x{W} is smaller than the finest level {max(self.levels)}")
+
+    def build(self, in_shape, rng):
+        if len(in_shape) != 3:
+            raise ValueError(f"expects input (channels, height, width), got {tuple(in_shape)}")
+        C, H, W = in_shape
+        self._check_size(H, W)
+        self.in_shape, self.out_shape = (C, H, W), (C * sum(n * n for n in self.levels),)
+        return self.out_shape
+
+    def _bins(self, H, W):
+        """(output columns of the bin's C channels, row slice, column slice) for every bin."""
+        C, start = self.in_shape[0], 0
+        for n in self.levels:
+            for i, (r0, r1) in enumerate(adaptive_bins(H, n)):
+                for j, (c0, c1) in enumerate(adaptive_bins(W, n)):
+                    yield slice(start + i * n + j, start + C * n * n, n * n), slice(r0, r1), slice(c0, c1)
+            start += C * n * n
+
+    def forward(self, x, training):
+        # One reduction per bin (sum(n*n) of them), each over all samples and channels at once.
+        C = self.in_shape[0]
+        if x.ndim != 4 or x.shape[1] != C:
+            raise ValueError(f"{type(self).__name__}: expected input of shape (N, {C}, H, W), got {x.shape}")
+        N, _, H, W = x.shape
+        self._check_size(H, W)
+        y = np.empty((N, self.out_shape[0]), dtype=x.dtype)
+        first = []
+        for out, rows, cols in self._bins(H, W):
+            region = x[:, :, rows, cols]
+            if self.mode == "avg":
+                y[:, out] = region.mean(axis=(2, 3))
+            elif not training:
+                y[:, out] = region.max(axis=(2, 3))
+            else:
+                flat = region.reshape(N, C, -1)
+                idx = flat.argmax(axis=2)  # (N, C); argmax picks the first maximum in row-major order
+                y[:, out] = np.take_along_axis(flat, idx[:, :, None], axis=2)[:, :, 0]
+                first.append(idx)
+        if training:
+            self._cache = (x.shape, first)
+        return y
+
+    def backward(self, dy):
+        (N, C, H, W), first = self._pop_cache()
+        dx = np.zeros((N, C, H, W), dtype=dy.dtype)
+        for b, (out, rows, cols) in enumerate(self._bins(H, W)):
+            bh, bw = rows.stop - rows.start, cols.stop - cols.start
+            g = dy[:, out]  # (N, C)
+            if self.mode == "avg":
+                dx[:, :, rows, cols] += (g * g.dtype.type(1 / (bh * bw)))[:, :, None, None]
+            else:
+                onehot = np.zeros((N, C, bh * bw), dtype=dy.dtype)
+                np.put_along_axis(onehot, first[b][:, :, None], g[:, :, None], axis=2)
+                dx[:, :, rows, cols] += onehot.reshape(N, C, bh, bw)  # += as adaptive bins may overlap
+        return dx
+
+    def macs(self):
+        """mode 'avg': one add per element of every bin at the built size; 'max': 0 (comparisons)."""
+        if self.mode == "max":
+            return 0
+        C, H, W = self.in_shape
+        return C * sum((rows.stop - rows.start) * (cols.stop - cols.start) for _, rows, cols in self._bins(H, W))
+
     def get_config(self):
-        stride = None if self._stride_arg is None else list(self.stride)
-        return {"size": list(self.size), "stride": stride, "padding": self.padding}
+        return {"levels": list(self.levels), "mode": self.mode}

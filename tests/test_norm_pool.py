@@ -1,0 +1,233 @@
+"""Average and global pooling, spatial pyramid pooling and batch normalisation: hand-worked behaviour."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cnntrain.layers.pool import adaptive_bins
+from cnntrain.model import Sequential, build_model
+from cnntrain.registry import LAYERS
+from gradcheck import check_layer
+
+
+def make(name, kwargs, in_shape, rng=None):
+    layer = LAYERS.create(name, kwargs)
+    out_shape = layer.build(in_shape, rng if rng is not None else np.random.default_rng(0))
+    return layer, out_shape
+
+
+def test_avgpool_same_padding_does_not_count_the_padding():
+    # 3x3 input, 2x2 windows, 'same': out 2x2, pads (0, 1) on each axis. Windows: [[1,2],[4,5]] -> 3,
+    # [[3],[6]] -> 4.5, [[7,8]] -> 7.5, [[9]] -> 9 (divided by 4, 2, 2, 1 elements, never by 4 for all).
+    layer, out_shape = make("avgpool2d", {"size": 2, "padding": "same"}, (1, 3, 3))
+    assert out_shape == (1, 2, 2)
+    x = np.arange(1, 10, dtype=np.float32).reshape(1, 1, 3, 3)
+    y = layer.forward(x, training=True)
+    assert y.dtype == np.float32
+    assert y.tolist() == [[[[3.0, 4.5], [7.5, 9.0]]]]
+    # backward: each output spreads dy / count over its inside elements
+    dx = layer.backward(np.array([[[[4.0, 2.0], [2.0, 1.0]]]], dtype=np.float32))
+    assert dx.tolist() == [[[[1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]]]
+
+
+def test_avgpool_rejects_a_window_made_only_of_padding():
+    with pytest.raises(ValueError, match=r"^padding: 3 leaves a 2x2 window with no input element"):
+        make("avgpool2d", {"size": 2, "padding": 3}, (1, 4, 4))
+
+
+def test_avgpool_default_stride_drops_trailing_rows_and_columns():
+    # 5x5 with 2x2 windows: out 2x2; row 4 and column 4 are outside every window, so their gradient is 0.
+    rng = np.random.default_rng(0)
+    layer, out_shape = make("avgpool2d", {"size": 2}, (2, 5, 5))
+    assert out_shape == (2, 2, 2)
+    x = rng.standard_normal((3, 2, 5, 5))
+    y = layer.forward(x, training=True)
+    np.testing.assert_allclose(y, x[:, :, :4, :4].reshape(3, 2, 2, 2, 2, 2).mean(axis=(3, 5)), rtol=1e-12)
+    dx = layer.backward(rng.standard_normal(y.shape))
+    assert not dx[:, :, 4, :].any() and not dx[:, :, :, 4].any()
+
+
+def test_global_avgpool_is_the_mean_over_height_and_width():
+    rng = np.random.default_rng(0)
+    layer, out_shape = make("global_avgpool", {}, (4, 5, 3))
+    assert out_shape == (4,)
+    x = rng.standard_normal((2, 4, 5, 3)).astype(np.float32)
+    y = layer.forward(x, training=True)
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, x.mean(axis=(2, 3)), rtol=1e-6)
+    dy = rng.standard_normal((2, 4)).astype(np.float32)
+    dx = layer.backward(dy)
+    np.testing.assert_allclose(dx, np.broadcast_to(dy[:, :, None, None] / 15, x.shape), rtol=1e-6)
+
+
+def test_adaptive_bins_follow_pytorch_boundaries():
+    # bin i covers floor(i*H/n) .. ceil((i+1)*H/n) - 1; for H=5, n=2 both bins hold row 2
+    assert adaptive_bins(5, 2) == [(0, 3), (2, 5)]
+    assert adaptive_bins(7, 3) == [(0, 3), (2, 5), (4, 7)]
+    assert adaptive_bins(8, 4) == [(0, 2), (2, 4), (4, 6), (6, 8)]
+    assert adaptive_bins(4, 4) == [(0, 1), (1, 2), (2, 3), (3, 4)]
+
+
+@pytest.mark.parametrize("mode", ["max", "avg"])
+def test_spp_output_length_does_not_depend_on_the_input_size(mode):
+    rng = np.random.default_rng(0)
+    a, shape_a = make("spp", {"mode": mode}, (3, 8, 8))
+    b, shape_b = make("spp", {"mode": mode}, (3, 13, 11))
+    assert shape_a == shape_b == (3 * (1 + 4 + 16),)
+    for H, W in ((8, 8), (13, 11), (4, 4)):  # the layer built for 8x8 takes any H, W >= 4
+        x = rng.standard_normal((2, 3, H, W)).astype(np.float32)
+        y = a.forward(x, training=True)
+        assert y.shape == (2, 63) and y.dtype == np.float32, f"{H}x{W}: {y.shape} {y.dtype}"
+        dx = a.backward(rng.standard_normal(y.shape).astype(np.float32))
+        assert dx.shape == x.shape and dx.dtype == np.float32
+
+
+def test_spp_gradients_at_a_size_other_than_the_built_one():
+    rng = np.random.default_rng(0)
+    for mode in ("max", "avg"):
+        layer, _ = make("spp", {"levels": [1, 2, 3], "mode": mode}, (2, 7, 5))
+        check_layer(layer, rng.standard_normal((2, 2, 11, 6)), rng)
+
+
+def test_spp_level_one_is_global_pooling_and_comes_first():
+    rng = np.random.default_rng(0)
+    layer, _ = make("spp", {"levels": [1, 2]}, (3, 6, 6))
+    x = rng.standard_normal((2, 3, 6, 6))
+    y = layer.forward(x, training=False)
+    np.testing.assert_array_equal(y[:, :3], x.max(axis=(2, 3)))
+    # level 2, channel-major: channel 1's four bins follow channel 0's; bin (1, 0) = rows 3..5, columns 0..2
+    np.testing.assert_array_equal(y[:, 3 + 4 + 2], x[:, 1, 3:, :3].max(axis=(1, 2)))
+
+
+def test_spp_max_gradient_goes_to_the_first_maximum_of_each_bin():
+    # all-equal 3x3 input, levels [1, 2]: bins of level 2 are rows/cols (0..1) and (1..2), so the first
+    # maxima are (0,0), (0,1), (1,0), (1,1); the level-1 bin's first maximum is (0,0).
+    layer, _ = make("spp", {"levels": [1, 2]}, (1, 3, 3))
+    layer.forward(np.zeros((1, 1, 3, 3)), training=True)
+    dx = layer.backward(np.array([[10.0, 1.0, 2.0, 3.0, 4.0]]))
+    assert dx.tolist() == [[[[11.0, 2.0, 0.0], [3.0, 4.0, 0.0], [0.0, 0.0, 0.0]]]]
+
+
+def test_spp_errors():
+    with pytest.raises(ValueError, match=r"^levels: input 3x3 is smaller than the finest level 4$"):
+        make("spp", {}, (2, 3, 3))
+    layer, _ = make("spp", {}, (2, 8, 8))
+    with pytest.raises(ValueError, match=r"expected input of shape \(N, 2, H, W\), got \(1, 3, 8, 8\)"):
+        layer.forward(np.zeros((1, 3, 8, 8)), training=False)
+    with pytest.raises(ValueError, match=r"^levels: input 8x3 is smaller than the finest level 4$"):
+        layer.forward(np.zeros((1, 2, 8, 3)), training=False)
+    with pytest.raises(ValueError, match=r"^levels: must be a non-empty list"):
+        type(layer)(levels=[])
+    with pytest.raises(ValueError, match=r"^mode: must be 'max' or 'avg', got 'mean'"):
+        type(layer)(mode="mean")
+
+
+@pytest.mark.parametrize("in_shape,n", [((3, 4, 5), 2), ((3, 4, 5), 1), ((6,), 8)])
+def test_batchnorm_training_output_has_zero_mean_and_unit_variance(in_shape, n):
+    rng = np.random.default_rng(0)
+    layer, _ = make("batchnorm", {}, in_shape)
+    x = (3 + 2 * rng.standard_normal((n, *in_shape))).astype(np.float32)
+    y = layer.forward(x, training=True)
+    assert y.dtype == np.float32
+    axes = (0,) if len(in_shape) == 1 else (0, 2, 3)
+    np.testing.assert_allclose(y.mean(axis=axes), 0, atol=1e-5)
+    # biased variance of y is var / (var + eps), a hair under 1
+    np.testing.assert_allclose(y.var(axis=axes), 1, atol=1e-3)
+
+
+def test_batchnorm_running_statistics_after_one_step():
+    # one feature, x = [1, 2, 3, 6]: mean 3, unbiased var (4 + 1 + 0 + 9) / 3 = 14/3.
+    # running_mean = 0.9 * 0 + 0.1 * 3 = 0.3; running_var = 0.9 * 1 + 0.1 * 14/3 = 1.3666...
+    layer, _ = make("batchnorm", {}, (1,))
+    layer.forward(np.array([[1.0], [2.0], [3.0], [6.0]], dtype=np.float32), training=True)
+    assert layer.buffers["running_mean"].dtype == layer.buffers["running_var"].dtype == np.float32
+    np.testing.assert_allclose(layer.buffers["running_mean"], [0.3], rtol=1e-6)
+    np.testing.assert_allclose(layer.buffers["running_var"], [0.9 + 0.1 * 14 / 3], rtol=1e-6)
+    # momentum 0.5 on a conv input: statistics over N, H, W per channel
+    rng = np.random.default_rng(0)
+    conv_bn, _ = make("batchnorm", {"momentum": 0.5}, (2, 3, 3))
+    x = rng.standard_normal((4, 2, 3, 3))
+    conv_bn.forward(x, training=True)
+    np.testing.assert_allclose(conv_bn.buffers["running_mean"], 0.5 * x.mean(axis=(0, 2, 3)), rtol=1e-6)
+    np.testing.assert_allclose(conv_bn.buffers["running_var"], 0.5 + 0.5 * x.var(axis=(0, 2, 3), ddof=1), rtol=1e-6)
+    # evaluation leaves the running statistics alone
+    before = {k: v.copy() for k, v in conv_bn.buffers.items()}
+    conv_bn.forward(x, training=False)
+    for key in before:
+        np.testing.assert_array_equal(conv_bn.buffers[key], before[key])
+
+
+def test_batchnorm_evaluation_uses_the_running_statistics():
+    rng = np.random.default_rng(0)
+    layer, _ = make("batchnorm", {"eps": 1e-3}, (2, 3, 3))
+    layer.params["gamma"] = np.array([2.0, 0.5], dtype=np.float32)
+    layer.params["beta"] = np.array([1.0, -1.0], dtype=np.float32)
+    layer.buffers["running_mean"] = np.array([0.5, -2.0], dtype=np.float32)
+    layer.buffers["running_var"] = np.array([4.0, 0.25], dtype=np.float32)
+    x = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    y = layer.forward(x, training=False)
+    assert y.dtype == np.float32
+    # y = gamma * (x - running_mean) / sqrt(running_var + eps) + beta, per channel
+    expected = np.stack([2.0 * (x[:, 0] - 0.5) / np.sqrt(4.001) + 1.0,
+                         0.5 * (x[:, 1] + 2.0) / np.sqrt(0.251) - 1.0], axis=1)
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
+    train = layer.forward(x, training=True)
+    assert np.abs(train - y).max() > 0.1
+    # a single sample is fine at evaluation, even for a dense input
+    dense, _ = make("batchnorm", {}, (4,))
+    assert dense.forward(np.ones((1, 4), dtype=np.float32), training=False).shape == (1, 4)
+    with pytest.raises(RuntimeError, match="without a forward pass in training mode"):
+        dense.backward(np.ones((1, 4), dtype=np.float32))
+
+
+def test_batchnorm_needs_more_than_one_value_per_feature_in_training():
+    dense, _ = make("batchnorm", {}, (4,))
+    with pytest.raises(ValueError, match=r"^batchnorm: training needs more than one value per feature, "
+                                         r"got input shape \(1, 4\)$"):
+        dense.forward(np.ones((1, 4), dtype=np.float32), training=True)
+    conv, _ = make("batchnorm", {}, (2, 3, 3))  # N = 1 is fine: 9 values per channel
+    assert np.all(np.isfinite(conv.forward(np.arange(18.0).reshape(1, 2, 3, 3), training=True)))
+
+
+def test_batchnorm_backward_matches_the_graph_of_small_ops():
+    # dx from the closed form equals the textbook chain rule through mean, variance and normalisation
+    rng = np.random.default_rng(0)
+    layer, _ = make("batchnorm", {}, (3,))
+    gamma = rng.standard_normal(3)
+    layer.params["gamma"], layer.params["beta"] = gamma, rng.standard_normal(3)
+    x, dy = rng.standard_normal((5, 3)), rng.standard_normal((5, 3))
+    layer.forward(x, training=True)
+    dx = layer.backward(dy)
+    m, mu, var = 5, x.mean(0), x.var(0)
+    xhat = (x - mu) / np.sqrt(var + 1e-5)
+    dxhat = dy * gamma
+    dvar = np.sum(dxhat * (x - mu), 0) * -0.5 * (var + 1e-5) ** -1.5
+    dmu = np.sum(-dxhat / np.sqrt(var + 1e-5), 0) + dvar * np.mean(-2 * (x - mu), 0)
+    expected = dxhat / np.sqrt(var + 1e-5) + dvar * 2 * (x - mu) / m + dmu / m
+    np.testing.assert_allclose(dx, expected, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(layer.grads["gamma"], np.sum(dy * xhat, 0), rtol=1e-10)
+    np.testing.assert_allclose(layer.grads["beta"], dy.sum(0), rtol=1e-10)
+
+
+def test_batchnorm_buffers_follow_the_model_dtype_and_options_are_checked():
+    model = build_model([("conv2d", {"filters": 2}), ("batchnorm", {}), ("flatten", {}),
+                         ("dense", {"units": 3}), ("batchnorm", {"momentum": 0.2})], (1, 5, 5),
+                        np.random.default_rng(0))
+    assert sorted(model.named_buffers()) == ["layers.1.running_mean", "layers.1.running_var",
+                                             "layers.4.running_mean", "layers.4.running_var"]
+    assert {k: v.shape for k, v in model.named_params().items() if "gamma" in k} == {
+        "layers.1.gamma": (2,), "layers.4.gamma": (3,)}
+    x = np.random.default_rng(0).standard_normal((4, 1, 5, 5))
+    model.forward(x.astype(np.float32), training=True)
+    assert all(v.dtype == np.float32 for v in model.state_dict().values())
+    model.astype(np.float64)
+    model.forward(x, training=True)
+    assert all(v.dtype == np.float64 for v in model.state_dict().values())
+    assert [row["macs"] for row in model.summary_rows()][1] == 2 * 2 * 3 * 3
+    for bad, match in (({"momentum": 1.5}, r"^momentum: must be a number in \[0, 1\], got 1.5"),
+                       ({"eps": 0}, r"^eps: must be a number > 0, got 0")):
+        with pytest.raises(ValueError, match=match):
+            LAYERS.get("batchnorm")(**bad)
+    with pytest.raises(ValueError, match=r"expects input \(channels, height, width\) or \(features,\)"):
+        Sequential([LAYERS.create("batchnorm", {})]).build((3, 4), np.random.default_rng(0))

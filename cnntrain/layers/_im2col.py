@@ -146,3 +146,45 @@ def col2im_nhwc(dcols: np.ndarray, padded_shape, stride, dilation) -> np.ndarray
             left = j * dilation[1]
             dxp[:, top : top + sh * (OH - 1) + 1 : sh, left : left + sw * (OW - 1) + 1 : sw] += dcols[:, :, :, i, j]
     return dxp
+
+
+def _offset_views(a: np.ndarray, kernel, stride, out_hw):
+    """(N, OH, OW, C) strided views of a padded (N, Hp, Wp, C) array, one per kernel offset, row-major."""
+    (sh, sw), (OH, OW) = stride, out_hw
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            yield a[:, i : i + sh * (OH - 1) + 1 : sh, j : j + sw * (OW - 1) + 1 : sw]
+
+
+def maxpool_nhwc(xp: np.ndarray, kernel, stride, out_hw) -> np.ndarray:
+    """Window maxima of a padded (N, Hp, Wp, C) array: one np.maximum per kernel offset."""
+    views = _offset_views(xp, kernel, stride, out_hw)
+    y = next(views).copy()
+    for view in views:
+        np.maximum(y, view, out=y)
+    return y
+
+
+def maxpool_backward_nhwc(xp: np.ndarray, y: np.ndarray, dy: np.ndarray, kernel, stride) -> np.ndarray:
+    """Route dy to the first maximum (row-major) of each window; returns the padded input's gradient.
+
+    Which offset held the maximum is recomputed here by comparison with y, which is far cheaper
+    than tracking an argmax in the forward pass.
+    """
+    tiles = tuple(stride) == tuple(kernel) and all(
+        n == s * o for n, s, o in zip(xp.shape[1:3], stride, y.shape[1:3]))
+    dxp = (np.empty if tiles else np.zeros)(xp.shape, dtype=dy.dtype)  # tiling windows write every entry once
+    taken = None
+    out_hw = y.shape[1:3]
+    for view, dview in zip(_offset_views(xp, kernel, stride, out_hw), _offset_views(dxp, kernel, stride, out_hw)):
+        hit = view == y
+        if taken is None:
+            taken = hit
+        else:
+            hit &= ~taken
+            taken |= hit
+        if tiles:
+            np.multiply(dy, hit, out=dview)
+        else:
+            dview += dy * hit
+    return dxp

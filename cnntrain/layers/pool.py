@@ -54,28 +54,21 @@ class MaxPool2D(_Pool2D):
     """
 
     def forward(self, x, training):
-        # One elementwise pass per kernel offset (KH*KW of them) over strided views: no window copies.
+        # Channels-last: one np.maximum per kernel offset over (N, OH, OW, C) views whose
+        # innermost axis is contiguous; which offset won is recomputed only in backward.
         check_shape(x, self.in_shape, self)
-        xp = k.pad(x, self.pads, value=-np.inf)
-        y = idx = None
-        for o, rows, cols in self._offsets():
-            s = xp[:, :, rows, cols]
-            if y is None:
-                y, idx = s.copy(), np.zeros(s.shape, dtype=np.uint8)
-            else:
-                better = s > y  # strict: ties keep the earlier offset, as PyTorch does
-                np.copyto(y, s, where=better)
-                np.copyto(idx, o, where=better)
+        xp = k.pad_nhwc(k.nhwc(x), self.pads, value=-np.inf)
+        y = k.maxpool_nhwc(xp, self.size, self.stride, self.out_shape[1:])
         if training:
-            self._cache = (idx, xp.shape)
-        return y
+            self._cache = (xp, y)
+        return k.nchw(y)
 
     def backward(self, dy):
-        idx, padded_shape = self._pop_cache()
-        dxp = np.zeros(padded_shape, dtype=dy.dtype)
-        for o, rows, cols in self._offsets():
-            dxp[:, :, rows, cols] += dy * (idx == o)
-        return k.unpad(dxp, self.pads)
+        xp, y = self._pop_cache()
+        dxp = k.maxpool_backward_nhwc(xp, y, k.nhwc(dy), self.size, self.stride)
+        (t, _), (l, _) = self.pads
+        H, W = self.in_shape[1:]
+        return k.nchw(dxp[:, t : t + H, l : l + W])
 
 
 @LAYERS.register("avgpool2d")

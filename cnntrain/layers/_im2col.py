@@ -1,7 +1,6 @@
-"""The only vectorised window kernels: output sizes, padding, im2col and col2im.
+"""The only vectorised window kernels: output sizes, padding, im2col, conv and pool gradients.
 
-Arrays are NCHW. A window view has shape (N, C, OH, OW, KH, KW) and shares memory
-with its input; `im2col` copies it once into the GEMM-friendly layout.
+Layers see NCHW-shaped arrays; the conv and max-pool kernels work on NHWC memory behind them.
 """
 
 from __future__ import annotations
@@ -58,42 +57,6 @@ def pad(x: np.ndarray, padding, value: float = 0.0) -> np.ndarray:
     return np.pad(x, ((0, 0), (0, 0), (t, b), (l, r)), constant_values=value)
 
 
-def windows(xp: np.ndarray, kernel, stride, dilation, out_hw) -> np.ndarray:
-    """Read-only view (N, C, OH, OW, KH, KW) of the sliding windows of a padded input."""
-    N, C = xp.shape[:2]
-    sN, sC, sH, sW = xp.strides
-    return as_strided(
-        xp,
-        shape=(N, C, out_hw[0], out_hw[1], kernel[0], kernel[1]),
-        strides=(sN, sC, sH * stride[0], sW * stride[1], sH * dilation[0], sW * dilation[1]),
-        writeable=False,
-    )
-
-
-def im2col(xp: np.ndarray, kernel, stride, dilation, out_hw) -> np.ndarray:
-    """Copy the windows into a (N*OH*OW, C*KH*KW) matrix, rows in (n, oh, ow) order."""
-    N, C = xp.shape[:2]
-    win = windows(xp, kernel, stride, dilation, out_hw).transpose(0, 2, 3, 1, 4, 5)
-    return np.ascontiguousarray(win).reshape(N * out_hw[0] * out_hw[1], C * kernel[0] * kernel[1])
-
-
-def col2im(dwin: np.ndarray, padded_shape, stride, dilation) -> np.ndarray:
-    """Sum window gradients (N, C, OH, OW, KH, KW) back into a padded input's shape.
-
-    One strided add per kernel offset (KH*KW of them), so overlapping windows
-    accumulate without a scatter-add over pixels.
-    """
-    N, C, OH, OW, KH, KW = dwin.shape
-    dxp = np.zeros(padded_shape, dtype=dwin.dtype)
-    sh, sw = stride
-    for i in range(KH):
-        top = i * dilation[0]
-        for j in range(KW):
-            left = j * dilation[1]
-            dxp[:, :, top : top + sh * (OH - 1) + 1 : sh, left : left + sw * (OW - 1) + 1 : sw] += dwin[..., i, j]
-    return dxp
-
-
 def unpad(dxp: np.ndarray, padding) -> np.ndarray:
     """Inverse of `pad` for gradients: the interior of a padded array."""
     (t, b), (l, r) = padding
@@ -135,19 +98,6 @@ def im2col_nhwc(xp: np.ndarray, kernel, stride, dilation, out_hw) -> np.ndarray:
     return np.ascontiguousarray(win).reshape(N * out_hw[0] * out_hw[1], kernel[0] * kernel[1] * C)
 
 
-def col2im_nhwc(dcols: np.ndarray, padded_shape, stride, dilation) -> np.ndarray:
-    """Sum window gradients (N, OH, OW, KH, KW, C) into a padded (N, Hp, Wp, C) array, one strided add per offset."""
-    N, OH, OW, KH, KW, C = dcols.shape
-    dxp = np.zeros(padded_shape, dtype=dcols.dtype)
-    sh, sw = stride
-    for i in range(KH):
-        top = i * dilation[0]
-        for j in range(KW):
-            left = j * dilation[1]
-            dxp[:, top : top + sh * (OH - 1) + 1 : sh, left : left + sw * (OW - 1) + 1 : sw] += dcols[:, :, :, i, j]
-    return dxp
-
-
 def _offset_views(a: np.ndarray, kernel, stride, out_hw):
     """(N, OH, OW, C) strided views of a padded (N, Hp, Wp, C) array, one per kernel offset, row-major."""
     (sh, sw), (OH, OW) = stride, out_hw
@@ -187,4 +137,23 @@ def maxpool_backward_nhwc(xp: np.ndarray, y: np.ndarray, dy: np.ndarray, kernel,
             np.multiply(dy, hit, out=dview)
         else:
             dview += dy * hit
+    return dxp
+
+
+def conv_input_grad_nhwc(dym: np.ndarray, W: np.ndarray, padded_shape, kernel, stride, dilation, out_hw) -> np.ndarray:
+    """Gradient of a padded (N, Hp, Wp, C) conv input from dy as (N*OH*OW, F) and W as (KH*KW*C, F).
+
+    One GEMM and one strided add per kernel offset: each GEMM writes a contiguous (N*OH*OW, C)
+    block, so the adds read contiguous memory (a single big GEMM followed by col2im reads
+    (KH, KW)-strided memory and was twice as slow).
+    """
+    N, Hp, Wp, C = padded_shape
+    (sh, sw), (OH, OW) = stride, out_hw
+    dxp = np.zeros(padded_shape, dtype=dym.dtype)
+    Wo = W.reshape(kernel[0] * kernel[1], C, -1)
+    for o in range(kernel[0] * kernel[1]):
+        i, j = divmod(o, kernel[1])
+        top, left = i * dilation[0], j * dilation[1]
+        dxp[:, top : top + sh * (OH - 1) + 1 : sh, left : left + sw * (OW - 1) + 1 : sw] += (
+            dym @ Wo[o].T).reshape(N, OH, OW, C)
     return dxp

@@ -83,8 +83,7 @@ class Conv2D(Layer):
         self.grads["W"] = np.ascontiguousarray((cols.T @ dym).reshape(KH, KW, C, F).transpose(3, 2, 0, 1))
         if self.use_bias:
             self.grads["b"] = dym.sum(axis=0)
-        dcols = (dym @ W.T).reshape(N, OH, OW, KH, KW, C)
-        dxp = k.col2im_nhwc(dcols, padded_shape, self.stride, self.dilation)
+        dxp = k.conv_input_grad_nhwc(dym, W, padded_shape, self.kernel_size, self.stride, self.dilation, (OH, OW))
         (t, _), (l, _) = self.pads
         H, Wd = self.in_shape[1:]
         return k.nchw(dxp[:, t : t + H, l : l + Wd])

@@ -54,7 +54,10 @@ def benchmark(cfg: Config, batch_size: int | None = None, steps: int = 50, warmu
         d = loss.backward()
         for i in range(len(layers) - 1, -1, -1):
             t = time.perf_counter()
-            d = layers[i].backward(d)
+            if i == 0 and hasattr(layers[0], "backward_params"):  # as Sequential.backward: no input gradient
+                layers[0].backward_params(d)
+            else:
+                d = layers[i].backward(d)
             profile[1][i] += time.perf_counter() - t
         params, grads = model.named_params(), model.named_grads()
         if penalty:

@@ -33,10 +33,15 @@ class Sequential:
             x = layer.forward(x, training)
         return x
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
-        for layer in reversed(self.layers):
+    def backward(self, dy: np.ndarray, input_grad: bool = False) -> np.ndarray | None:
+        """Gradients of every layer; d loss / d input too only when input_grad (training never needs it)."""
+        for layer in reversed(self.layers[1:]):
             dy = layer.backward(dy)
-        return dy
+        first = self.layers[0]
+        if not input_grad and hasattr(first, "backward_params"):
+            first.backward_params(dy)
+            return None
+        return first.backward(dy)
 
     def _named(self, attr: str) -> dict[str, np.ndarray]:
         return {f"layers.{i}.{key}": value

@@ -169,3 +169,19 @@ def test_conv_gives_the_same_result_for_channels_last_and_contiguous_inputs():
     dx2 = layer.backward(np.ones_like(y2))
     np.testing.assert_array_equal(y1, y2)
     np.testing.assert_array_equal(dx1, dx2)
+
+
+def test_sequential_skips_the_input_gradient_unless_asked():
+    specs = [("conv2d", {"filters": 2, "kernel_size": 3}), ("relu", {}), ("flatten", {}), ("dense", {"units": 3})]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 1, 5, 5))
+    model = build_model(specs, (1, 5, 5), rng).astype(np.float64)
+    dy = rng.standard_normal((2, 3))
+    model.forward(x, training=True)
+    assert model.backward(dy) is None
+    grads = {k: v.copy() for k, v in model.named_grads().items()}
+    model.forward(x, training=True)
+    dx = model.backward(dy, input_grad=True)
+    assert dx.shape == x.shape
+    for key, value in model.named_grads().items():
+        np.testing.assert_array_equal(value, grads[key])

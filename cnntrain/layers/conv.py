@@ -74,19 +74,24 @@ class Conv2D(Layer):
         return k.nchw(y.reshape(N, OH, OW, F))
 
     def backward(self, dy):
-        cols, W, padded_shape = self._pop_cache()
+        dym, W, padded_shape = self.backward_params(dy)
         F, OH, OW = self.out_shape
-        N = dy.shape[0]
-        KH, KW = self.kernel_size
-        C = self.in_shape[0]
-        dym = k.nhwc(dy).reshape(N * OH * OW, F)
-        self.grads["W"] = np.ascontiguousarray((cols.T @ dym).reshape(KH, KW, C, F).transpose(3, 2, 0, 1))
-        if self.use_bias:
-            self.grads["b"] = dym.sum(axis=0)
         dxp = k.conv_input_grad_nhwc(dym, W, padded_shape, self.kernel_size, self.stride, self.dilation, (OH, OW))
         (t, _), (l, _) = self.pads
         H, Wd = self.in_shape[1:]
         return k.nchw(dxp[:, t : t + H, l : l + Wd])
+
+    def backward_params(self, dy):
+        """Parameter gradients only (for a first layer, whose input needs none); returns what dx needs."""
+        cols, W, padded_shape = self._pop_cache()
+        F, OH, OW = self.out_shape
+        KH, KW = self.kernel_size
+        C = self.in_shape[0]
+        dym = k.nhwc(dy).reshape(-1, F)  # (N*OH*OW, F)
+        self.grads["W"] = np.ascontiguousarray((cols.T @ dym).reshape(KH, KW, C, F).transpose(3, 2, 0, 1))
+        if self.use_bias:
+            self.grads["b"] = k.column_sums(dym)
+        return dym, W, padded_shape
 
     def macs(self):
         F, OH, OW = self.out_shape

@@ -38,11 +38,15 @@ class Dense(Layer):
         return y + self.params["b"] if self.use_bias else y
 
     def backward(self, dy):
+        self.backward_params(dy)
+        return dy @ self.params["W"].T
+
+    def backward_params(self, dy):
+        """Parameter gradients only (for a first layer, whose input needs none)."""
         x = self._pop_cache()
         self.grads["W"] = x.T @ dy
         if self.use_bias:
             self.grads["b"] = dy.sum(axis=0)
-        return dy @ self.params["W"].T
 
     def macs(self):
         return self.in_shape[0] * self.units

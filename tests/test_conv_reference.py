@@ -19,7 +19,17 @@ CONV_CASES = [
     (2, 9, 9, 4, 3, 1, "same", 2),
     (3, 6, 7, 2, 3, 3, "valid", 1),
     (2, 5, 5, 1, 5, 1, ((1, 2), (0, 1)), 1),
+    # more channels than FEW_CHANNELS: the strided-copy im2col path
+    (6, 7, 6, 3, 3, 2, "same", 1),
+    (5, 9, 9, 2, (2, 3), 1, 1, 2),
 ]
+
+
+def test_both_im2col_paths_are_covered():
+    from cnntrain.layers._im2col import FEW_CHANNELS
+
+    channels = {case[0] for case in CONV_CASES}
+    assert min(channels) <= FEW_CHANNELS < max(channels)
 
 
 @pytest.mark.parametrize("C,H,W,F,kernel,stride,padding,dilation", CONV_CASES)

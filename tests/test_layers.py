@@ -18,6 +18,7 @@ CASES = {
         ({"filters": 2, "kernel_size": [3, 2], "stride": [2, 1], "padding": 1}, (1, 7, 5), 2),
         ({"filters": 2, "kernel_size": 3, "dilation": 2, "padding": "same"}, (2, 7, 7), 2),
         ({"filters": 2, "kernel_size": 3, "use_bias": False, "stride": 2}, (3, 7, 7), 2),
+        ({"filters": 3, "kernel_size": 3, "stride": 2, "padding": "same", "dilation": [1, 2]}, (6, 7, 8), 2),
     ],
     "maxpool2d": [
         ({"size": 2}, (3, 6, 6), 2),

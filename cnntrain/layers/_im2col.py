@@ -88,9 +88,26 @@ def pad_nhwc(xh: np.ndarray, padding, value: float = 0.0) -> np.ndarray:
     return out
 
 
+FEW_CHANNELS = 4  # at most this many input channels, im2col copies offset by offset (see im2col_nhwc)
+
+
 def im2col_nhwc(xp: np.ndarray, kernel, stride, dilation, out_hw) -> np.ndarray:
-    """Padded (N, Hp, Wp, C) -> (N*OH*OW, KH*KW*C), rows in (n, oh, ow) order, columns in (kh, kw, c) order."""
+    """Padded (N, Hp, Wp, C) -> (N*OH*OW, KH*KW*C), rows in (n, oh, ow) order, columns in (kh, kw, c) order.
+
+    With few channels (a first layer on images) a window row holds only C contiguous values and
+    a strided copy crawls; then the matrix is built transposed, one (N, OH, OW) block per kernel
+    offset and channel, and returned as a (P, KH*KW*C) view of it, which BLAS reads as well.
+    """
     N, _, _, C = xp.shape
+    if C <= FEW_CHANNELS:
+        (sh, sw), (OH, OW) = stride, out_hw
+        cols = np.empty((kernel[0], kernel[1], C, N, OH, OW), dtype=xp.dtype)
+        for i in range(kernel[0]):
+            for j in range(kernel[1]):
+                top, left = i * dilation[0], j * dilation[1]
+                window = xp[:, top : top + sh * (OH - 1) + 1 : sh, left : left + sw * (OW - 1) + 1 : sw]
+                cols[i, j] = window.transpose(3, 0, 1, 2)
+        return cols.reshape(kernel[0] * kernel[1] * C, N * OH * OW).T
     sN, sH, sW, sC = xp.strides
     win = as_strided(xp, shape=(N, out_hw[0], out_hw[1], kernel[0], kernel[1], C),
                      strides=(sN, sH * stride[0], sW * stride[1], sH * dilation[0], sW * dilation[1], sC),

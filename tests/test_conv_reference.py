@@ -98,3 +98,24 @@ def test_spp_forward_matches_loops(mode, H, W):
     y = layer.forward(x, training=False)
     assert y.shape == expected.shape == (2, 42), f"{y.shape} vs {expected.shape}"
     np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_conv_in_cache_sized_blocks_equals_one_block(monkeypatch):
+    """Forward and gradients are the same whether im2col runs per image or for the whole batch."""
+    from cnntrain.layers import _im2col
+    from gradcheck import check_layer
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 6, 7, 7))
+    results = []
+    for chunk_bytes in (_im2col.CHUNK_BYTES, 1):  # 1 byte: one image per block
+        monkeypatch.setattr(_im2col, "CHUNK_BYTES", chunk_bytes)
+        layer = LAYERS.create("conv2d", {"filters": 4, "kernel_size": 3, "padding": "same"})
+        layer.build((6, 7, 7), np.random.default_rng(1))
+        layer.params = {key: value.astype(np.float64) for key, value in layer.params.items()}
+        y = layer.forward(x, training=True)
+        dx = layer.backward(np.ones_like(y))
+        results.append((y, dx, layer.grads["W"]))
+        check_layer(layer, x, rng)
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)

@@ -64,13 +64,12 @@ class Conv2D(Layer):
         N = x.shape[0]
         F, OH, OW = self.out_shape
         xp = k.pad_nhwc(k.nhwc(x), self.pads)
-        cols = k.im2col_nhwc(xp, self.kernel_size, self.stride, self.dilation, (OH, OW))  # (N*OH*OW, KH*KW*C)
-        W = self.params["W"].transpose(2, 3, 1, 0).reshape(-1, F)  # (KH*KW*C, F), matching the columns
-        y = cols @ W
+        W = self.params["W"].transpose(2, 3, 1, 0).reshape(-1, F)  # (KH*KW*C, F), matching im2col's columns
+        y, blocks = k.conv_forward_nhwc(xp, W, self.kernel_size, self.stride, self.dilation, (OH, OW), training)
         if self.use_bias:
             y += self.params["b"]
         if training:
-            self._cache = (cols, W, xp.shape)
+            self._cache = (blocks, W, xp.shape)
         return k.nchw(y.reshape(N, OH, OW, F))
 
     def backward(self, dy):
@@ -83,12 +82,17 @@ class Conv2D(Layer):
 
     def backward_params(self, dy):
         """Parameter gradients only (for a first layer, whose input needs none); returns what dx needs."""
-        cols, W, padded_shape = self._pop_cache()
+        blocks, W, padded_shape = self._pop_cache()
         F, OH, OW = self.out_shape
         KH, KW = self.kernel_size
         C = self.in_shape[0]
         dym = k.nhwc(dy).reshape(-1, F)  # (N*OH*OW, F)
-        self.grads["W"] = np.ascontiguousarray((cols.T @ dym).reshape(KH, KW, C, F).transpose(3, 2, 0, 1))
+        dW, start = None, 0
+        for cols in blocks:  # the column blocks of forward, (rows, KH*KW*C) each
+            part = cols.T @ dym[start : start + len(cols)]
+            dW = part if dW is None else dW + part
+            start += len(cols)
+        self.grads["W"] = np.ascontiguousarray(dW.reshape(KH, KW, C, F).transpose(3, 2, 0, 1))
         if self.use_bias:
             self.grads["b"] = k.column_sums(dym)
         return dym, W, padded_shape

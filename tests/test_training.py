@@ -128,3 +128,50 @@ def test_lr_scaling_and_init_from(tmp_path):
     np.savez(tmp_path / "other.npz", weights=np.zeros(3))
     with pytest.raises(ConfigError, match="has no layers.1.W, layers.1.b"):
         init_from(model, tmp_path / "other.npz", "c.yaml")
+
+
+NET = [("conv2d", {"filters": 4, "kernel_size": 3, "padding": "same"}), ("batchnorm", {}), ("relu", {}),
+       ("maxpool2d", {"size": 2}), ("conv2d", {"filters": 6, "kernel_size": 3}), ("relu", {}),
+       ("avgpool2d", {"size": 2}), ("flatten", {}), ("dropout", {"rate": 0.2}), ("dense", {"units": 5})]
+
+
+def test_training_stays_float32_end_to_end():
+    rng = np.random.default_rng(0)
+    model = build_model(NET, (3, 12, 12), np.random.default_rng(1))
+    model.rng = np.random.default_rng(2)
+    x = rng.standard_normal((8, 3, 12, 12)).astype(np.float32)
+    y = rng.integers(0, 5, 8)
+    loss = LOSSES.create("softmax_cross_entropy")
+    for name in OPTIMIZERS.names():
+        opt = OPTIMIZERS.create(name, {"lr": 1e-3})
+        h = x
+        for layer in model.layers:
+            h = layer.forward(h, training=True)
+            assert h.dtype == np.float32, f"{layer.registry_name} returned {h.dtype}"
+        loss.forward(h, y)
+        d = loss.backward()
+        assert d.dtype == np.float32
+        for layer in reversed(model.layers):
+            d = layer.backward(d)
+            assert d.dtype == np.float32, f"{layer.registry_name} backward returned {d.dtype}"
+        opt.step(model.named_params(), model.named_grads())
+        arrays = {**model.named_params(), **model.named_grads(), **model.named_buffers(), **opt.state_dict()}
+        wrong = {k: v.dtype for k, v in arrays.items() if k != "optim/t" and v.dtype != np.float32}
+        assert not wrong, f"{name}: not float32: {wrong}"
+
+
+def test_float32_agrees_with_float64():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 3, 12, 12))
+    dy = rng.standard_normal((8, 5))
+    outs = {}
+    for dtype in (np.float32, np.float64):
+        model = build_model(NET[:8] + NET[9:], (3, 12, 12), np.random.default_rng(1)).astype(dtype)
+        y = model.forward(x.astype(dtype), training=True)
+        dx = model.backward(dy.astype(dtype), input_grad=True)
+        outs[dtype] = (y, dx, model.named_grads())
+    (y32, dx32, g32), (y64, dx64, g64) = outs[np.float32], outs[np.float64]
+    np.testing.assert_allclose(y32, y64, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(dx32, dx64, rtol=1e-3, atol=1e-5)
+    for key in g64:
+        np.testing.assert_allclose(g32[key], g64[key], rtol=1e-3, atol=1e-4, err_msg=key)

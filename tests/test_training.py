@@ -175,3 +175,23 @@ def test_float32_agrees_with_float64():
     np.testing.assert_allclose(dx32, dx64, rtol=1e-3, atol=1e-5)
     for key in g64:
         np.testing.assert_allclose(g32[key], g64[key], rtol=1e-3, atol=1e-4, err_msg=key)
+
+
+def test_progress_bar_on_a_terminal_and_plain_lines_otherwise():
+    import io
+
+    from cnntrain.progress import ProgressBar
+
+    x, y = data(40)
+    for bar in (True, False):
+        stream = io.StringIO()
+        model = build_model(SPECS, (1, 6, 6), np.random.default_rng(0))
+        loader = BatchLoader(x, y, 8, Preprocess([], 1))
+        fit(model, LOSSES.create("softmax_cross_entropy"), OPTIMIZERS.create("sgd", {"lr": 0.01}),
+            lambda s: 0.01, loader, (x[:8], y[:8]), 2, [ProgressBar(2, stream=stream, bar=bar)])
+        text = stream.getvalue()
+        if bar:  # tqdm: a bar per epoch with loss, accuracy and lr
+            assert "epoch 1/2" in text and "5/5" in text and "loss=" in text and "acc=" in text and "lr=" in text
+        else:  # one line per epoch, nothing else
+            lines = text.strip().splitlines()
+            assert len(lines) == 2 and lines[0].startswith("epoch 1/2  train_loss ") and "val_acc" in lines[1]

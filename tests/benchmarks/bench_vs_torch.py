@@ -131,8 +131,8 @@ def main():
     batches = [(x[i:i + 64], ds.train_y[i:i + 64]) for i in range(0, len(x), 64)]
     print(f"{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"{THREADS} threads, numpy {np.__version__}, torch {torch.__version__}, batch 64, Adam")
-    print(f"| network | cnntrain train img/s | PyTorch train img/s | ratio | cnntrain infer img/s | "
-          f"PyTorch infer img/s | ratio |")
+    print("| network | cnntrain train img/s | PyTorch train img/s | ratio | cnntrain infer img/s | "
+          "PyTorch infer img/s | ratio |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name in args.networks.split(","):
         runners = {"np": NumpyRunner(NETWORKS[name], batches), "torch": TorchRunner(NETWORKS[name], batches)}

@@ -227,15 +227,23 @@ class Checkpointer(Callback):
 
 
 class PlotCallback(Callback):
-    """Redraws loss.png, accuracy.png and lr.png after every epoch, so a long run can be watched."""
+    """Redraws loss.png, accuracy.png and lr.png so a long run can be watched: after an epoch when
+    `every` seconds have passed since the last drawing, and when training ends or stops."""
 
-    def __init__(self, run_dir: Path):
-        self.run_dir = run_dir
+    def __init__(self, run_dir: Path, every: float = 10.0):
+        self.run_dir, self.every, self.last = run_dir, every, -math.inf
 
-    def on_epoch_end(self, state, logs):
+    def draw(self, state=None):
         from .plots import plot_run
 
         plot_run(self.run_dir)
+        self.last = time.monotonic()
+
+    def on_epoch_end(self, state, logs):
+        if time.monotonic() - self.last >= self.every:
+            self.draw()
+
+    on_train_end = on_interrupt = draw
 
 
 def summarize(cfg: Config) -> dict:

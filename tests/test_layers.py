@@ -64,7 +64,7 @@ def all_cases():
             yield pytest.param(name, kwargs, shape, n, id=f"{name}-{i}")
 
 
-@pytest.mark.parametrize("name,kwargs,shape,n", all_cases())
+@pytest.mark.parametrize("name,kwargs,shape,n", list(all_cases()))
 def test_gradients_match_finite_differences(name, kwargs, shape, n):
     assert kwargs is not None, f"layer '{name}' is registered but has no gradient-check case in CASES"
     rng = np.random.default_rng(0)

@@ -219,6 +219,53 @@ def bench(config, overrides, batch_size, steps, as_json):
     click.echo(f"{'loss, optimizer, overhead':<26}{r['other_ms']:>11.2f} ms")
 
 
+@cli.command()
+@click.argument("runs", nargs=-1, required=True, metavar="RUN_DIR...")
+@click.option("--metric", "metrics", multiple=True, metavar="M",
+              help="A metrics.csv column to plot (train_loss, val_loss, train_acc, val_acc, lr, reg_loss, ...); "
+                   "repeatable. Default: panels for loss, accuracy and lr.")
+@click.option("--x", "x_axis", type=click.Choice(["epoch", "step", "time"]), default="epoch", show_default=True)
+@click.option("--smooth", type=click.FloatRange(0, 1, max_open=True), metavar="BETA",
+              help="Exponentially weighted average, beta 0.9 = about 10 points of memory.")
+@click.option("--logy", is_flag=True, help="Logarithmic y axis for losses and lr.")
+@click.option("--out", type=click.Path(dir_okay=False), default="compare.png", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
+def compare(runs, metrics, x_axis, smooth, logy, out, as_json):
+    """Overlay the curves of several runs in one figure and print a table.
+
+    RUN_DIR may be a run directory, a glob, or a folder of runs. Runs are labelled by
+    the config keys that differ between them (e.g. optimizer.name=adam).
+    """
+    from .compare import load_runs, table
+    from .errors import ConfigError
+    from .plots import DEFAULT_PANELS, plot_compare
+
+    loaded = load_runs(runs)
+    if metrics:
+        for metric in metrics:
+            for run in loaded:
+                if metric not in run.metrics:
+                    raise ConfigError(f"--metric {metric}: {run.path}/metrics.csv has no such column "
+                                      f"(columns: {', '.join(run.metrics)})")
+        panels = [(m, (m,)) for m in metrics]
+    else:
+        panels = DEFAULT_PANELS
+    figure = plot_compare(loaded, panels, x_axis, smooth, logy, out)
+    rows = table(loaded)
+    if as_json:
+        click.echo(json.dumps({"runs": rows, "figure": str(figure)}))
+        return
+    width = max(len("run"), *(len(r["label"]) for r in rows))
+    click.echo(f"{'run':<{width}}  {'best val acc':>12}  {'at epoch':>8}  {'final train loss':>16}  "
+               f"{'test acc':>8}  {'epochs':>6}  {'time (s)':>8}  {'images/s':>9}")
+    for r in rows:
+        ips = "-" if r["images_per_s"] is None else f"{r['images_per_s']:,.0f}"
+        click.echo(f"{r['label']:<{width}}  {_pct(r['best_val_acc']):>12}  {r['best_epoch'] or '-':>8}  "
+                   f"{r['final_train_loss']:>16.4f}  {_pct(r['test_acc']):>8}  {r['epochs']:>6}  "
+                   f"{r['train_seconds']:>8.1f}  {ips:>9}")
+    click.echo(f"figure: {figure}")
+
+
 def _shape(shape) -> str:
     return str(tuple(shape))
 

@@ -113,3 +113,44 @@ def plot_schedule(table: dict, steps_per_epoch: int, path, title: str) -> Path:
     _save(fig, path)
     plt.close(fig)
     return Path(path)
+
+
+DEFAULT_PANELS = (("loss", ("train_loss", "val_loss")), ("accuracy", ("train_acc", "val_acc")), ("learning rate", ("lr",)))
+AXIS_LABELS = {"epoch": "epoch", "step": "step (optimizer updates)", "time": "training time (s)"}
+
+
+def plot_compare(runs, panels, x: str, smooth: float | None, logy: bool, path) -> Path:
+    """Every run's curves overlaid, one panel per group of metrics; solid train, dashed validation."""
+    from .compare import ewma, x_values
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
+    for ax, (title, metrics) in zip(axes[0], panels):
+        for i, run in enumerate(runs):
+            color = f"C{i % 10}"
+            for metric in metrics:
+                y = run.metrics[metric]
+                if metric.endswith("acc"):
+                    y = 100 * y
+                if smooth and metric != "lr":
+                    y = ewma(y, smooth)
+                style = "--" if metric.startswith("val_") else "-"
+                ax.plot(x_values(run, x), y, style, color=color, lw=1.6,
+                        label=run.label if metric == metrics[0] else None)
+        kind = ("accuracy (%)" if all(m.endswith("acc") for m in metrics)
+                else "loss" if all(m.endswith("loss") for m in metrics) else " / ".join(metrics))
+        ax.set(title=title + (" (solid train, dashed validation)" if len(metrics) > 1 else ""),
+               xlabel=AXIS_LABELS[x], ylabel=kind)
+        if logy and not all(m.endswith("acc") for m in metrics):
+            ax.set_yscale("log")
+        if x == "epoch":
+            ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    ncol = 1 if max(map(len, labels)) > 45 else min(len(labels), 3)
+    rows = -(-len(labels) // ncol)
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, frameon=False, fontsize=9)
+    fig.tight_layout(rect=(0, 0.02 + 0.055 * rows, 1, 1))
+    _save(fig, path)
+    plt.close(fig)
+    return Path(path)

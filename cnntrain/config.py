@@ -96,6 +96,7 @@ class TrainConfig:
     monitor: str = "val_acc"       # the metric best.npz follows: val_acc, val_loss, train_acc, train_loss
     checkpoint_every: Optional[int] = None    # also save checkpoints/last.npz every N steps (it is saved every epoch anyway)
     grad_clip_norm: Optional[float] = None    # rescale the gradient when its global L2 norm exceeds this
+    log_grad_norms: bool = False   # log each layer's gradient norm and update/weight ratio per step (grad_norms.csv/.png)
     early_stopping: Optional[EarlyStoppingConfig] = None  # e.g. {monitor: val_loss, patience: 3, min_delta: 0.001}
 
 

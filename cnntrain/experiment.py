@@ -24,8 +24,8 @@ from .metrics import confusion_matrix, per_class_accuracy
 from .model import Sequential, build_model
 from .optim.schedules import build_momentum_schedule, build_schedule
 from .registry import DATASETS, LOSSES, OPTIMIZERS, PREPROCESS, accepted_kwargs
-from .runs import (CSVLogger, atomic_write_text, find_checkpoint, json_number, load_checkpoint, make_run_dir,
-                   save_checkpoint, truncate_csv, write_json)
+from .runs import (CSVLogger, atomic_write_text, find_checkpoint, format_value, json_number, load_checkpoint,
+                   make_run_dir, save_checkpoint, truncate_csv, write_json)
 from .train import (STEP_COLUMNS, Callback, EarlyStopping, Interrupted, TrainState, evaluate, fit, improved,
                     monitor_mode)
 
@@ -226,6 +226,49 @@ class Checkpointer(Callback):
             self.save("best.npz", state)
 
 
+class GradNormLogger(Callback):
+    """grad_norms.csv: per step, each weight's gradient L2 norm and its update-to-weight ratio ||dW|| / ||W||.
+
+    Vanishing gradients show as norms falling layer by layer towards the input; a healthy
+    update ratio is around 1e-3 (far smaller: learning stalls; near 1: too large a step).
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / "grad_norms.csv"
+        self.row, self.before, self.file = {}, {}, None
+
+    def before_update(self, params, grads):
+        for name, g in grads.items():
+            if name.endswith(".W"):
+                self.row[f"{name[:-2]}.grad_norm"] = math.sqrt(float(np.vdot(g, g)))
+                self.before[name] = params[name].copy()
+
+    def after_update(self, params):
+        for name, old in self.before.items():
+            delta = params[name] - old
+            self.row[f"{name[:-2]}.update_ratio"] = math.sqrt(float(np.vdot(delta, delta)) / max(float(np.vdot(old, old)), 1e-30))
+
+    def on_step_end(self, state, logs):
+        import csv
+
+        row = {"step": logs["step"], "epoch": logs["epoch"], **self.row}
+        if self.file is None:
+            new = not self.path.exists() or self.path.stat().st_size == 0
+            self.file = open(self.path, "a", newline="")
+            self.writer = csv.DictWriter(self.file, fieldnames=list(row))
+            if new:
+                self.writer.writeheader()
+        self.writer.writerow({k: format_value(v) for k, v in row.items()})
+        self.file.flush()
+
+    def on_train_end(self, state):
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+    on_interrupt = on_train_end
+
+
 class PlotCallback(Callback):
     """Redraws loss.png, accuracy.png and lr.png so a long run can be watched: after an epoch when
     `every` seconds have passed since the last drawing, and when training ends or stops."""
@@ -234,9 +277,11 @@ class PlotCallback(Callback):
         self.run_dir, self.every, self.last = run_dir, every, -math.inf
 
     def draw(self, state=None):
-        from .plots import plot_run
+        from .plots import plot_grad_norms, plot_run
 
         plot_run(self.run_dir)
+        if (self.run_dir / "grad_norms.csv").exists():
+            plot_grad_norms(self.run_dir)
         self.last = time.monotonic()
 
     def on_epoch_end(self, state, logs):
@@ -341,6 +386,7 @@ def resume_run(run_dir, epochs: int | None = None, echo=print, progress=None) ->
         raise RunError(f"{checkpoint}: does not fit {path}: {exc}") from None
     truncate_csv(run_dir / "metrics.csv", "epoch", state.epoch)
     truncate_csv(run_dir / "steps.csv", "step", state.step)
+    truncate_csv(run_dir / "grad_norms.csv", "step", state.step)
     atomic_write_text(path, cfg.to_yaml())
     echo(f"resuming {run_dir} at epoch {state.epoch + 1}, step {state.step + 1}")
     return _train(cfg, run_dir, setup, state, echo, progress)
@@ -368,13 +414,17 @@ def _train(cfg: Config, run_dir: Path, setup: Setup, state: TrainState, echo, pr
     if cfg.train.early_stopping is not None:
         es = cfg.train.early_stopping
         callbacks.append(EarlyStopping(es.monitor or cfg.train.monitor, es.patience, es.min_delta))
-    callbacks += [Checkpointer(run_dir, cfg, model, setup.optimizer, splits.classes), PlotCallback(run_dir)]
+    callbacks += [Checkpointer(run_dir, cfg, model, setup.optimizer, splits.classes)]
+    observer = GradNormLogger(run_dir) if cfg.train.log_grad_norms else None
+    if observer is not None:
+        callbacks.insert(2, observer)  # rows written before any checkpoint, as the other CSVs
+    callbacks.append(PlotCallback(run_dir))
     try:
         with stop_on_signals() as stop_requested:
             state = fit(model, loss, setup.optimizer, setup.schedule, loader, splits.val, cfg.train.epochs, callbacks,
                         state, eval_batch_size=cfg.train.eval_batch_size, penalty=build_penalty(cfg, model),
                         momentum=setup.momentum, chunk_size=setup.chunk_size,
-                        grad_clip_norm=cfg.train.grad_clip_norm, stop_requested=stop_requested)
+                        grad_clip_norm=cfg.train.grad_clip_norm, stop_requested=stop_requested, observer=observer)
     except Interrupted as exc:
         write_json(run_dir / "summary.json", {**summary, "status": "interrupted"})
         raise RunInterrupted(f"interrupted at epoch {state.epoch + 1}, step {state.step}; checkpoint saved; "

@@ -154,3 +154,28 @@ def plot_compare(runs, panels, x: str, smooth: float | None, logy: bool, path) -
     _save(fig, path)
     plt.close(fig)
     return Path(path)
+
+
+def plot_grad_norms(run_dir) -> Path:
+    """grad_norms.png: each layer's gradient norm and update/weight ratio against the step, log scale."""
+    plt = _pyplot()
+    run_dir = Path(run_dir)
+    data = read_csv(run_dir / "grad_norms.csv")
+    layers = sorted({k.rsplit(".", 1)[0] for k in data if k.endswith(".grad_norm")}, key=lambda n: int(n.split(".")[1]))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    cmap = plt.get_cmap("viridis")
+    for i, layer in enumerate(layers):
+        color = cmap(i / max(len(layers) - 1, 1))
+        axes[0].plot(data["step"], data[f"{layer}.grad_norm"], color=color, lw=1, label=layer)
+        axes[1].plot(data["step"], data[f"{layer}.update_ratio"], color=color, lw=1, label=layer)
+    axes[0].set(title="Gradient norm per layer", xlabel="step (optimizer updates)", ylabel="||dL/dW||", yscale="log")
+    axes[1].set(title="Update / weight ratio", xlabel="step (optimizer updates)", ylabel="||update|| / ||W||",
+                yscale="log")
+    for ax in axes:
+        ax.grid(alpha=0.3, which="both")
+    axes[1].legend(fontsize=8, title="input -> output", title_fontsize=8)
+    fig.suptitle(run_dir.name)
+    fig.tight_layout()
+    _save(fig, run_dir / "grad_norms.png")
+    plt.close(fig)
+    return run_dir / "grad_norms.png"

@@ -122,7 +122,7 @@ def global_norm(grads: dict[str, np.ndarray]) -> float:
 
 
 def train_step(model, loss, optimizer, x_u8, y, transform, lr: float, chunk_size: int, penalty=None,
-               grad_clip_norm: float | None = None):
+               grad_clip_norm: float | None = None, observer=None):
     """One optimizer step on a batch: (data loss, correct predictions, penalty, gradient norm).
 
     A batch larger than chunk_size is run chunk by chunk with gradients accumulated,
@@ -158,13 +158,17 @@ def train_step(model, loss, optimizer, x_u8, y, transform, lr: float, chunk_size
     if grad_clip_norm is not None and norm > grad_clip_norm:
         scale = grad_clip_norm / norm
         grads = {k: g * g.dtype.type(scale) for k, g in grads.items()}
+    if observer is not None:
+        observer.before_update(params, grads)
     optimizer.step(params, grads, lr)
+    if observer is not None:
+        observer.after_update(params)
     return total, correct, reg, norm
 
 
 def fit(model, loss, optimizer, schedule, loader, val, epochs: int, callbacks=(), state: TrainState | None = None,
         eval_batch_size: int = 1000, penalty=None, momentum=None, chunk_size: int | None = None,
-        grad_clip_norm: float | None = None, stop_requested=lambda: None) -> TrainState:
+        grad_clip_norm: float | None = None, stop_requested=lambda: None, observer=None) -> TrainState:
     """Train from `state` (default: the start, else where it stopped, even mid-epoch) to `epochs`.
 
     val is (x_u8, y) or None; schedule(step) gives each step's lr and momentum(step) (optional)
@@ -194,7 +198,7 @@ def fit(model, loss, optimizer, schedule, loader, val, epochs: int, callbacks=()
                 optimizer.mu = logs["momentum"] = momentum(state.step)
             with np.errstate(over="ignore", invalid="ignore"):  # overflow is caught below, as divergence
                 batch_loss, batch_correct, reg, norm = train_step(model, loss, optimizer, x_u8, yb, loader.transform,
-                                                                  lr, chunk_size, penalty, grad_clip_norm)
+                                                                  lr, chunk_size, penalty, grad_clip_norm, observer)
             if not (math.isfinite(batch_loss) and math.isfinite(norm)):
                 what = f"loss is {batch_loss}" if not math.isfinite(batch_loss) else f"gradient norm is {norm}"
                 raise RunError(f"training diverged: {what} at epoch {epoch + 1}, step {state.step + 1}, lr {lr:g}; "

@@ -195,3 +195,25 @@ def test_progress_bar_on_a_terminal_and_plain_lines_otherwise():
         else:  # one line per epoch, nothing else
             lines = text.strip().splitlines()
             assert len(lines) == 2 and lines[0].startswith("epoch 1/2  train_loss ") and "val_acc" in lines[1]
+
+
+def test_grad_norm_logger_matches_the_sgd_update(tmp_path):
+    from cnntrain.experiment import GradNormLogger
+    from cnntrain.runs import read_csv
+
+    x, y = data(16)
+    model = build_model(SPECS, (1, 6, 6), np.random.default_rng(0)).astype(np.float64)
+    before = {k: v.copy() for k, v in model.named_params().items()}
+    logger = GradNormLogger(tmp_path)
+    loader = BatchLoader(x, y, 16, Preprocess([], 1, dtype=np.float64), shuffle=False)
+    fit(model, LOSSES.create("softmax_cross_entropy"), OPTIMIZERS.create("sgd", {"lr": 0.1}), lambda s: 0.1,
+        loader, None, 1, [logger], observer=logger)
+    rows = read_csv(tmp_path / "grad_norms.csv")
+    assert list(rows) == ["step", "epoch", "layers.0.grad_norm", "layers.3.grad_norm",
+                          "layers.0.update_ratio", "layers.3.update_ratio"]
+    for name in ("layers.0", "layers.3"):
+        W0, W1 = before[f"{name}.W"], model.named_params()[f"{name}.W"]
+        g = (W0 - W1) / 0.1  # sgd: W1 = W0 - lr * g
+        assert rows[f"{name}.grad_norm"][0] == pytest.approx(np.linalg.norm(g), rel=1e-8)
+        # update / weight = lr * ||g|| / ||W0||
+        assert rows[f"{name}.update_ratio"][0] == pytest.approx(0.1 * np.linalg.norm(g) / np.linalg.norm(W0), rel=1e-8)

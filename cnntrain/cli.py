@@ -45,7 +45,11 @@ def _pct(value) -> str:
 @click.option("--print-config", is_flag=True, help="Print the resolved config (defaults filled in) and exit.")
 @click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False), metavar="RUN_DIR",
               help="Continue an interrupted run from its checkpoints/last.npz (only --set train.epochs=N allowed).")
-def run(config, overrides, name, runs_dir, print_config, resume_dir):
+@click.option("--grid", "grids", multiple=True, metavar="KEY.PATH=V1,V2,...",
+              help="Train every combination of these values (repeatable) into one group directory, then compare.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Grid runs trained at once, in separate processes sharing the cores.")
+def run(config, overrides, name, runs_dir, print_config, resume_dir, grids, jobs):
     """Train the network described by the experiment file CONFIG.
 
     Ctrl-C or SIGTERM finishes the current step, saves a checkpoint and exits
@@ -67,6 +71,21 @@ def run(config, overrides, name, runs_dir, print_config, resume_dir):
         return
     if config is None:
         raise click.UsageError("missing CONFIG (or --resume RUN_DIR)")
+    if grids:
+        if name is not None or print_config:
+            raise click.UsageError("--grid takes no --name or --print-config")
+        from .grid import run_grid
+
+        group = run_grid(config, overrides, grids, runs_dir, jobs, echo=echo)
+        ctx = click.get_current_context()
+        ctx.invoke(compare, runs=(str(group),), metrics=(), x_axis="epoch", smooth=None, logy=False,
+                   out=str(group / "compare.png"), as_json=False)
+        from .compare import load_runs, table
+        from .runs import write_json
+
+        write_json(group / "compare.json", table(load_runs([group])))
+        click.echo(f"table: {group / 'compare.json'}")
+        return
     from .config import load_config
 
     cfg = load_config(config, overrides)

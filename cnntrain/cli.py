@@ -285,6 +285,61 @@ def compare(runs, metrics, x_axis, smooth, logy, out, as_json):
     click.echo(f"figure: {figure}")
 
 
+@cli.command()
+@click.option("--function", "function", default="rosenbrock", show_default=True,
+              help="ravine, saddle, rosenbrock, beale, two_minima or poly.")
+@click.option("--optimizers", default="sgd,momentum,nesterov,adagrad,rmsprop,adam", show_default=True,
+              help="Comma-separated optimizer names (the classes used for training).")
+@click.option("--steps", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--lr", "lrs", multiple=True, metavar="LR|NAME=LR",
+              help="Step size for all optimizers, or for one (adam=0.05). Default: the function's.")
+@click.option("--start", metavar="X,Y", help="Starting point (default: the function's).")
+@click.option("--noise", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Standard deviation of Gaussian noise added to every gradient (stochastic gradients).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the gradient noise.")
+@click.option("--out", type=click.Path(dir_okay=False), default="surface.png", show_default=True,
+              help="A .png figure, or a .gif animation of the descent.")
+def surface(function, optimizers, steps, lrs, start, noise, seed, out):
+    """Optimizer trajectories on a two-dimensional test function, over its contour plot.
+
+    Prints where each optimizer ended, the gradient norm there, and what the Hessian's
+    eigenvalues say the point is: minimum, maximum, saddle or undetermined.
+    """
+    from .surface import classify, get_function, trajectory
+    from .plots import plot_surface
+
+    fn = get_function(function)
+    try:
+        start_xy = fn.start if start is None else tuple(float(v) for v in start.split(","))
+        if len(start_xy) != 2:
+            raise ValueError
+    except ValueError:
+        raise click.BadParameter(f"expected X,Y, got {start!r}", param_hint="--start") from None
+    names = [n.strip() for n in optimizers.split(",") if n.strip()]
+    rates = {}
+    for item in lrs:
+        key, sep, value = item.rpartition("=")
+        try:
+            rates[key if sep else "*"] = float(value)
+        except ValueError:
+            raise click.BadParameter(f"expected LR or NAME=LR, got {item!r}", param_hint="--lr") from None
+    paths = {}
+    for name in names:
+        lr = rates.get(name, rates.get("*", fn.lr))
+        paths[f"{name} (lr {lr:g})"] = trajectory(fn, name, lr, steps, start_xy, noise, seed)
+    if not out.lower().endswith((".png", ".gif")):
+        raise click.BadParameter("the figure must be a .png or .gif file", param_hint="--out")
+    plot_surface(function, fn, paths, out, animate=out.lower().endswith(".gif"))
+    click.echo(f"{function}: {fn.about}")
+    click.echo(f"{'optimizer':<24}{'steps':>6}  {'end (x, y)':>22}  {'f':>11}  {'|grad|':>9}  Hessian says")
+    for label, p in paths.items():
+        x, y = p[-1]
+        g = math.hypot(*fn.grad(x, y))
+        kind = classify(fn.hess(x, y)) + ("" if g < 1e-3 else " curvature (not yet a critical point)")
+        click.echo(f"{label:<24}{len(p) - 1:>6}  ({x:>9.4f}, {y:>9.4f})  {fn.f(x, y):>11.4g}  {g:>9.2e}  {kind}")
+    click.echo(f"figure: {out}")
+
+
 def _shape(shape) -> str:
     return str(tuple(shape))
 

@@ -179,3 +179,66 @@ def plot_grad_norms(run_dir) -> Path:
     _save(fig, run_dir / "grad_norms.png")
     plt.close(fig)
     return run_dir / "grad_norms.png"
+
+
+def plot_surface(name, fn, paths: dict, path, animate: bool = False) -> Path:
+    """Contours of a 2-D function with each optimizer's path, and f against the step; .gif animates it."""
+    plt = _pyplot()
+    xs = np.linspace(*fn.xlim, 300)
+    ys = np.linspace(*fn.ylim, 300)
+    X, Y = np.meshgrid(xs, ys)
+    Z = fn.f(X, Y)
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [1.15, 1]})
+    if fn.log_levels:
+        levels = np.geomspace(max(Z.min(), 1e-3), Z.max(), 30)
+        ax.contour(X, Y, Z, levels=levels, cmap="viridis", linewidths=0.6, norm=matplotlib_lognorm())
+    else:
+        ax.contour(X, Y, Z, levels=30, cmap="viridis", linewidths=0.6)
+    lines, dots, curves = [], [], []
+    values = {k: fn.f(p[:, 0], p[:, 1]) for k, p in paths.items()}
+    for i, (label, p) in enumerate(paths.items()):
+        color = f"C{i % 10}"
+        (line,) = ax.plot(p[:, 0], p[:, 1], "-", color=color, lw=1.5, label=label)
+        (dot,) = ax.plot(p[-1:, 0], p[-1:, 1], "o", color=color, ms=5)
+        (curve,) = ax2.plot(np.arange(len(p)), values[label], color=color, lw=1.5, label=label)
+        lines.append(line), dots.append(dot), curves.append(curve)
+    start = next(iter(paths.values()))[0]
+    ax.plot(*start, "k*", ms=10, label="start")
+    ax.set(xlim=fn.xlim, ylim=fn.ylim, xlabel="x", ylabel="y", title=f"{name}: {fn.about}")
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=8, loc="best")
+    positive = all(np.nanmin(v) > 0 for v in values.values())
+    ax2.set(xlabel="step", ylabel="f(x, y)" + (" (log scale)" if positive else ""), title="value against step",
+            yscale="log" if positive else "linear")
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    if not animate:
+        _save(fig, path)
+        plt.close(fig)
+        return Path(path)
+    from matplotlib.animation import FuncAnimation, PillowWriter
+
+    longest = max(len(p) for p in paths.values())
+    frames = np.unique(np.linspace(1, longest, min(longest, 60)).astype(int))
+
+    def update(n):
+        for line, dot, curve, (label, p) in zip(lines, dots, curves, paths.items()):
+            k = min(n, len(p))
+            line.set_data(p[:k, 0], p[:k, 1])
+            dot.set_data(p[k - 1 : k, 0], p[k - 1 : k, 1])
+            curve.set_data(np.arange(k), values[label][:k])
+        return lines + dots + curves
+
+    anim = FuncAnimation(fig, update, frames=frames, blit=False)
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp.gif")
+    anim.save(tmp, writer=PillowWriter(fps=12), dpi=80)
+    plt.close(fig)
+    atomic_write_bytes(path, tmp.read_bytes())
+    tmp.unlink()
+    return Path(path)
+
+
+def matplotlib_lognorm():
+    from matplotlib.colors import LogNorm
+
+    return LogNorm()

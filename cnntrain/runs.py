@@ -22,6 +22,8 @@ from .errors import RunError
 from .train import EPOCH_COLUMNS, STEP_COLUMNS, Callback
 
 CHECKPOINT_FORMAT = "cnntrain-checkpoint"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 CHECKPOINT_VERSION = 1
 
 
@@ -50,6 +52,7 @@ def atomic_write_bytes(path, data: bytes) -> None:
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results should be as readable as any file
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

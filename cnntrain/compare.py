@@ -25,6 +25,14 @@ class Run:
     summary: dict
     label: str = ""
     flat: dict = field(default_factory=dict)
+    steps: dict = field(default_factory=dict)  # steps.csv: per-step loss and lr, drawn when x is the step
+
+    def curve(self, metric: str, axis: str):
+        """(x, y) of a metric: per step from steps.csv for train_loss and lr on a step axis, else per epoch."""
+        per_step = {"train_loss": "loss", "lr": "lr"}
+        if axis == "step" and metric in per_step and self.steps.get(per_step[metric]) is not None:
+            return self.steps["step"], self.steps[per_step[metric]]
+        return x_values(self, axis), self.metrics[metric]
 
 
 def flatten(d, prefix="") -> dict:
@@ -71,7 +79,8 @@ def load_runs(targets) -> list[Run]:
             summary = json.loads((path / "summary.json").read_text())
         except (OSError, ValueError):
             summary = {}
-        runs.append(Run(path, config, metrics, summary, flat=flatten(config)))
+        steps = read_csv(path / "steps.csv") if (path / "steps.csv").is_file() else {}
+        runs.append(Run(path, config, metrics, summary, flat=flatten(config), steps=steps))
     label_runs(runs)
     return runs
 

@@ -121,7 +121,7 @@ AXIS_LABELS = {"epoch": "epoch", "step": "step (optimizer updates)", "time": "tr
 
 def plot_compare(runs, panels, x: str, smooth: float | None, logy: bool, path) -> Path:
     """Every run's curves overlaid, one panel per group of metrics; solid train, dashed validation."""
-    from .compare import ewma, x_values
+    from .compare import ewma
 
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
@@ -129,13 +129,13 @@ def plot_compare(runs, panels, x: str, smooth: float | None, logy: bool, path) -
         for i, run in enumerate(runs):
             color = f"C{i % 10}"
             for metric in metrics:
-                y = run.metrics[metric]
+                xs, y = run.curve(metric, x)
                 if metric.endswith("acc"):
                     y = 100 * y
                 if smooth and metric != "lr":
                     y = ewma(y, smooth)
                 style = "--" if metric.startswith("val_") else "-"
-                ax.plot(x_values(run, x), y, style, color=color, lw=1.6,
+                ax.plot(xs, y, style, color=color, lw=1.6 if len(y) < 200 else 0.8,
                         label=run.label if metric == metrics[0] else None)
         kind = ("accuracy (%)" if all(m.endswith("acc") for m in metrics)
                 else "loss" if all(m.endswith("loss") for m in metrics) else " / ".join(metrics))

@@ -10,14 +10,21 @@ import numpy as np
 from .runs import atomic_write_bytes, read_csv
 
 DPI = 120
+STYLE = {  # one look for every figure: readable on a laptop screen and in a README
+    "figure.dpi": DPI, "savefig.dpi": DPI, "font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10,
+    "legend.fontsize": 9, "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
+    "axes.spines.right": False, "lines.linewidth": 1.6, "figure.autolayout": False,
+}
 
 
 def _pyplot():
+    """pyplot on the non-interactive Agg backend (headless machines), with the shared STYLE."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    plt.rcParams.update(STYLE)
     return plt
 
 

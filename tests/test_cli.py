@@ -125,6 +125,9 @@ def test_train_on_real_mnist_subset_then_eval(tmp_path, small_config):
     assert np.array(ev["confusion_matrix"]).sum() == 1000
     result = invoke("eval", run_dir / "checkpoints" / "last.npz", "--split", "val")
     assert result.exit_code == 0 and "on val: 500 images" in result.output and "confusion matrix" in result.output
+    assert (run_dir / "confusion_val_last.png").stat().st_size > 10_000
+    for name in ("loss.png", "accuracy.png", "lr.png", "confusion_test_best.png"):
+        assert (run_dir / name).stat().st_size > 10_000, name
 
 
 def test_eval_of_a_non_checkpoint_exits_1(tmp_path):

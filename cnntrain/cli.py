@@ -340,6 +340,28 @@ def surface(function, optimizers, steps, lrs, start, noise, seed, out):
     click.echo(f"figure: {out}")
 
 
+@cli.command()
+@click.argument("checkpoint", metavar="CHECKPOINT_OR_RUN_DIR", type=click.Path(exists=True))
+@click.argument("images", nargs=-1, required=True, metavar="IMAGE_OR_FOLDER...")
+@click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per image.")
+def predict(checkpoint, images, top_k, as_json):
+    """Top-k classes for JPG/PNG/BMP images, preprocessed exactly as in training.
+
+    Images are converted to the network's channels and resized to its input size;
+    a folder means every image in it.
+    """
+    from .predict import predict_images
+
+    results = predict_images(checkpoint, images, top_k)
+    if as_json:
+        click.echo(json.dumps(results))
+        return
+    for r in results:
+        tops = ", ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in r["top"])
+        click.echo(f"{r['image']}: {tops}")
+
+
 def _shape(shape) -> str:
     return str(tuple(shape))
 

@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 from .config import Config
-from .experiment import build_network, build_optimizer, build_penalty
+from .experiment import build_network, build_optimizer, build_penalty, static_input_shape
 
 
 def peak_rss_mb() -> float:
@@ -18,20 +18,13 @@ def peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
-def _input_shape(cfg: Config) -> tuple[int, ...]:
-    from .registry import DATASETS
-
-    dataset = DATASETS.get(cfg.data.dataset, "data.dataset")
-    return tuple(cfg.model.input_shape or getattr(dataset, "input_shape"))
-
-
 def benchmark(cfg: Config, batch_size: int | None = None, steps: int = 50, warmup: int = 5) -> dict:
     """Images/s of full training steps (forward, loss, backward, optimizer) and of inference.
 
     Random float32 inputs of the configured shape (data loading excluded); per-layer forward and
     backward seconds are measured in the same timed steps.
     """
-    in_shape = _input_shape(cfg)
+    in_shape = static_input_shape(cfg)
     dataset_classes = 2 if cfg.loss == "binary_cross_entropy" else None
     model, loss = build_network(cfg, in_shape, dataset_classes)
     optimizer, penalty = build_optimizer(cfg), build_penalty(cfg, model)

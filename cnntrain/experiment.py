@@ -24,8 +24,8 @@ from .metrics import confusion_matrix, per_class_accuracy
 from .model import Sequential, build_model
 from .optim.schedules import build_momentum_schedule, build_schedule
 from .registry import DATASETS, LOSSES, OPTIMIZERS, PREPROCESS, accepted_kwargs
-from .runs import (CSVLogger, atomic_write_text, find_checkpoint, format_value, json_number, load_checkpoint,
-                   make_run_dir, save_checkpoint, truncate_csv, write_json)
+from .runs import (CSVLogger, CsvAppender, atomic_write_text, find_checkpoint, json_number, load_checkpoint,
+                   make_run_dir, save_checkpoint, split_state, truncate_csv, write_json)
 from .train import (STEP_COLUMNS, Callback, EarlyStopping, Interrupted, TrainState, evaluate, fit, improved,
                     monitor_mode)
 
@@ -235,7 +235,7 @@ class GradNormLogger(Callback):
 
     def __init__(self, run_dir: Path):
         self.path = run_dir / "grad_norms.csv"
-        self.row, self.before, self.file = {}, {}, None
+        self.row, self.before, self.csv = {}, {}, None
 
     def before_update(self, params, grads):
         for name, g in grads.items():
@@ -249,22 +249,14 @@ class GradNormLogger(Callback):
             self.row[f"{name[:-2]}.update_ratio"] = math.sqrt(float(np.vdot(delta, delta)) / max(float(np.vdot(old, old)), 1e-30))
 
     def on_step_end(self, state, logs):
-        import csv
-
         row = {"step": logs["step"], "epoch": logs["epoch"], **self.row}
-        if self.file is None:
-            new = not self.path.exists() or self.path.stat().st_size == 0
-            self.file = open(self.path, "a", newline="")
-            self.writer = csv.DictWriter(self.file, fieldnames=list(row))
-            if new:
-                self.writer.writeheader()
-        self.writer.writerow({k: format_value(v) for k, v in row.items()})
-        self.file.flush()
+        if self.csv is None:  # the columns are known once the first step has named the weights
+            self.csv = CsvAppender(self.path, row)
+        self.csv.append(row)
 
     def on_train_end(self, state):
-        if self.file is not None:
-            self.file.close()
-            self.file = None
+        if self.csv is not None:
+            self.csv.close()
 
     on_interrupt = on_train_end
 
@@ -291,10 +283,16 @@ class PlotCallback(Callback):
     on_train_end = on_interrupt = draw
 
 
+def static_input_shape(cfg: Config) -> tuple[int, ...]:
+    """The dataset's image shape, known without reading it (else model.input_shape)."""
+    dataset = DATASETS.get(cfg.data.dataset, "data.dataset")
+    return tuple(getattr(dataset, "input_shape", None) or cfg.model.input_shape)
+
+
 def summarize(cfg: Config) -> dict:
     """Per-layer output shape, parameters and multiply-adds, built from the config alone (no data)."""
     dataset = DATASETS.get(cfg.data.dataset, "data.dataset")
-    in_shape = tuple(getattr(dataset, "input_shape", None) or cfg.model.input_shape)
+    in_shape = static_input_shape(cfg)
     n_classes = len(cfg.data.classes) if cfg.data.classes else len(dataset.classes)
     model, _ = build_network(cfg, in_shape, n_classes)
     rows = model.summary_rows()
@@ -379,8 +377,9 @@ def resume_run(run_dir, epochs: int | None = None, echo=print, progress=None) ->
                           f"{' (stopped early)' if state.stopped_early else ''}; "
                           "resume with --set train.epochs=N to train further")
     try:
-        setup.model.load_state_dict({k: v for k, v in arrays.items() if not k.startswith("optim/")}, str(checkpoint))
-        setup.optimizer.load_state_dict({k: v for k, v in arrays.items() if k.startswith("optim/")})
+        model_state, optim_state = split_state(arrays)
+        setup.model.load_state_dict(model_state, str(checkpoint))
+        setup.optimizer.load_state_dict(optim_state)
         setup.model.rng.bit_generator.state = meta["rng"]
     except (ValueError, KeyError, TypeError) as exc:
         raise RunError(f"{checkpoint}: does not fit {path}: {exc}") from None
@@ -440,7 +439,7 @@ def _train(cfg: Config, run_dir: Path, setup: Setup, state: TrainState, echo, pr
     best = run_dir / "checkpoints" / "best.npz"
     if best.is_file():  # test the weights that eval uses by default
         _, _, arrays = load_checkpoint(best)
-        model.load_state_dict({k: v for k, v in arrays.items() if not k.startswith("optim/")}, str(best))
+        model.load_state_dict(split_state(arrays)[0], str(best))
     test_loss, test_acc, _ = evaluate(model, loss, *splits.test, loader.preprocess, cfg.train.eval_batch_size)
     last = state.history[-1]
     val_accs = [row["val_acc"] for row in state.history if math.isfinite(row["val_acc"])]
@@ -468,7 +467,7 @@ def load_model(checkpoint) -> tuple[Config, dict, Sequential, object]:
         raise RunError(str(exc)) from None
     model, loss = build_network(cfg, tuple(meta["input_shape"]), len(meta["classes"]))
     try:
-        model.load_state_dict({k: v for k, v in arrays.items() if not k.startswith("optim/")}, str(checkpoint))
+        model.load_state_dict(split_state(arrays)[0], str(checkpoint))
     except ValueError as exc:
         raise RunError(str(exc)) from None
     return cfg, meta, model, loss

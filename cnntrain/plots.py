@@ -198,7 +198,9 @@ def plot_surface(name, fn, paths: dict, path, animate: bool = False) -> Path:
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [1.15, 1]})
     if fn.log_levels:
         levels = np.geomspace(max(Z.min(), 1e-3), Z.max(), 30)
-        ax.contour(X, Y, Z, levels=levels, cmap="viridis", linewidths=0.6, norm=matplotlib_lognorm())
+        from matplotlib.colors import LogNorm
+
+        ax.contour(X, Y, Z, levels=levels, cmap="viridis", linewidths=0.6, norm=LogNorm())
     else:
         ax.contour(X, Y, Z, levels=30, cmap="viridis", linewidths=0.6)
     lines, dots, curves = [], [], []
@@ -243,9 +245,3 @@ def plot_surface(name, fn, paths: dict, path, animate: bool = False) -> Path:
     atomic_write_bytes(path, tmp.read_bytes())
     tmp.unlink()
     return Path(path)
-
-
-def matplotlib_lognorm():
-    from matplotlib.colors import LogNorm
-
-    return LogNorm()

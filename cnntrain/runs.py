@@ -124,47 +124,55 @@ def find_checkpoint(path) -> Path:
     return path
 
 
+class CsvAppender:
+    """Appends rows to one CSV file, flushing each; the header is written when the file is new."""
+
+    def __init__(self, path, columns):
+        self.path, self.columns, self.file = Path(path), list(columns), None
+
+    def append(self, row: dict) -> None:
+        try:
+            if self.file is None:
+                new = not self.path.exists() or self.path.stat().st_size == 0
+                self.file = open(self.path, "a", newline="")
+                self.writer = csv.DictWriter(self.file, fieldnames=self.columns)
+                if new:
+                    self.writer.writeheader()
+            self.writer.writerow({k: format_value(row[k]) for k in self.columns})
+            self.file.flush()
+        except OSError as exc:
+            raise RunError(f"{self.path}: cannot write: {exc.strerror or exc}") from None
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
 class CSVLogger(Callback):
     """Appends one row per epoch to metrics.csv and one per step to steps.csv, flushed as written."""
 
     def __init__(self, run_dir: Path, step_columns=STEP_COLUMNS):
-        self.run_dir, self.step_columns = run_dir, list(step_columns)
-        self.files = {}
-
-    def _writer(self, name: str, columns: list[str]):
-        if name not in self.files:
-            path = self.run_dir / name
-            new = not path.exists() or path.stat().st_size == 0
-            try:
-                f = open(path, "a", newline="")
-            except OSError as exc:
-                raise RunError(f"{path}: cannot write: {exc.strerror or exc}") from None
-            writer = csv.DictWriter(f, fieldnames=columns)
-            if new:
-                writer.writeheader()
-            self.files[name] = (f, writer)
-        return self.files[name]
-
-    def _append(self, name, columns, logs):
-        f, writer = self._writer(name, columns)
-        try:
-            writer.writerow({k: format_value(logs[k]) for k in columns})
-            f.flush()
-        except OSError as exc:
-            raise RunError(f"{self.run_dir / name}: cannot write: {exc.strerror or exc}") from None
+        self.steps = CsvAppender(run_dir / "steps.csv", step_columns)
+        self.epochs = CsvAppender(run_dir / "metrics.csv", EPOCH_COLUMNS)
 
     def on_step_end(self, state, logs):
-        self._append("steps.csv", self.step_columns, logs)
+        self.steps.append(logs)
 
     def on_epoch_end(self, state, logs):
-        self._append("metrics.csv", EPOCH_COLUMNS, logs)
+        self.epochs.append(logs)
 
     def on_train_end(self, state):
-        for f, _ in self.files.values():
-            f.close()
-        self.files = {}
+        self.steps.close()
+        self.epochs.close()
 
     on_interrupt = on_train_end
+
+
+def split_state(arrays: dict) -> tuple[dict, dict]:
+    """A checkpoint's arrays as (model state by stable name, optimizer state `optim/...`)."""
+    optim = {k: v for k, v in arrays.items() if k.startswith("optim/")}
+    return {k: v for k, v in arrays.items() if k not in optim}, optim
 
 
 def format_value(value):

@@ -9,9 +9,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
-import http.server
 import re
-import threading
 
 import numpy as np
 import pytest
@@ -68,36 +66,6 @@ def home(tmp_path, monkeypatch):
     use_spec(monkeypatch, "MNIST", mirrors=(UNREACHABLE,))
     use_spec(monkeypatch, "FASHION_MNIST", mirrors=(UNREACHABLE,))
     return tmp_path
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.server.requests.append(self.path)
-        body = self.server.routes.get(self.path)
-        if body is None:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):  # keep pytest output clean
-        pass
-
-
-@pytest.fixture
-def server():
-    """A local HTTP server: set .routes {path: bytes}; .requests lists the paths asked for; .url is its base."""
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.routes, httpd.requests = {}, []
-    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    # A short poll interval: shutdown() waits for one, and the default 0.5 s would dominate the test time.
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
 
 
 def serve(server, prefix, arrays, corrupt=(), level=9) -> str:

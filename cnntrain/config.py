@@ -18,7 +18,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from .errors import ConfigError
-from .registry import DATASETS, LAYERS, LOSSES, OPTIMIZERS, SCHEDULES, did_you_mean
+from .registry import AUGMENTATIONS, DATASETS, LAYERS, LOSSES, OPTIMIZERS, PREPROCESS, SCHEDULES, did_you_mean
 
 
 class _Loader(yaml.SafeLoader):
@@ -51,10 +51,18 @@ def parse_yaml(text: str, source: str) -> Any:
 
 @dataclass
 class DataConfig:
-    dataset: str = "mnist"                    # registered dataset: mnist | fashion_mnist
+    dataset: str = "mnist"                    # registered dataset: mnist | fashion_mnist | cifar10 | image_folder
     root: Optional[str] = None                # searched first, then $CNNTRAIN_DATA, ~/.cache/cnntrain, /usr/share/datasets
     download: bool = True                     # fetch missing files from public mirrors (checksum-verified, cached)
     mirror: Optional[str] = None              # a base URL tried before the public mirrors
+    path: Optional[str] = None                # image_folder: folder with one sub-folder of images per class (training set)
+    val_path: Optional[str] = None            # image_folder: a separate validation folder (then nothing is held out of path)
+    test_path: Optional[str] = None           # image_folder: a separate test folder
+    test_split: Union[int, float] = 0         # image_folder without test_path: images (or a fraction) of path held out for testing
+    channels: Optional[int] = None            # image_folder: 1 (grey) or 3 (RGB) channels; default model.input_shape's, else 3
+    image_size: Union[int, list, None] = None  # image_folder: [height, width] (or one int) images are resized to; default model.input_shape's
+    strict: bool = False                      # image_folder: an unreadable image file is an error (default: skipped with a warning)
+    cache: bool = True                        # image_folder: keep decoded images in the cache dir, reused while the folder is unchanged
     validation: Union[int, float] = 5000      # images held out of the training set (a float in (0, 1) is a fraction)
     split_seed: int = 0                       # which images are held out; fixed so every seed shares one validation set
     limit_train: Optional[int] = None         # use only the first N training images (quick experiments)
@@ -62,6 +70,10 @@ class DataConfig:
     limit_test: Optional[int] = None          # use only the first N test images
     classes: Optional[list] = None            # keep only these classes (by index), relabelled 0..k-1 in this order, e.g. [0, 1]
     preprocess: list = field(default_factory=list)  # steps after scaling pixels to [0, 1], e.g. [{normalize: {mean: 0.1307, std: 0.3081}}]
+    augment: list = field(default_factory=list)     # training-only random augmentation, e.g. [{random_crop: {padding: 4}}, hflip]
+
+
+IMAGE_FOLDER_KEYS = ("path", "val_path", "test_path", "test_split", "channels", "image_size", "strict", "cache")
 
 
 @dataclass
@@ -316,9 +328,10 @@ def _resolve(cfg: Config) -> Config:
             raise ConfigError(f"train.early_stopping.min_delta: must be >= 0, got {es.min_delta}")
     if cfg.train.grad_clip_norm is not None and not cfg.train.grad_clip_norm > 0:
         raise ConfigError(f"train.grad_clip_norm: must be > 0 or null, got {cfg.train.grad_clip_norm}")
-    v = cfg.data.validation
-    if v < 0 or (isinstance(v, float) and v >= 1):
-        raise ConfigError(f"data.validation: expected an image count >= 0 or a fraction in [0, 1), got {v}")
+    for key in ("validation", "test_split"):
+        v = getattr(cfg.data, key)
+        if v < 0 or (isinstance(v, float) and v >= 1):
+            raise ConfigError(f"data.{key}: expected an image count >= 0 or a fraction in [0, 1), got {v}")
     for key in ("limit_train", "limit_val", "limit_test"):
         value = getattr(cfg.data, key)
         if value is not None and value < 1:
@@ -328,7 +341,54 @@ def _resolve(cfg: Config) -> Config:
         raise ConfigError(f"model.input_shape: expected [channels, height, width] of positive integers, got {shape!r}")
     if cfg.name is not None and (not re.fullmatch(r"[A-Za-z0-9_.-]+", cfg.name) or cfg.name.startswith(".")):
         raise ConfigError(f"name: use letters, digits, '_', '-' and '.', got {cfg.name!r}")
+    _resolve_images(cfg)
+    for section, registry, kind in (("preprocess", PREPROCESS, "a preprocessing step"),
+                                    ("augment", AUGMENTATIONS, "an augmentation")):
+        for i, entry in enumerate(getattr(cfg.data, section)):
+            name, kwargs = step_entry(entry, f"data.{section}[{i}]", kind)
+            registry.create(name, kwargs, where=f"data.{section}[{i}].{name}")
     return cfg
+
+
+def step_entry(entry, where: str, kind: str) -> tuple[str, dict]:  # kind with its article: "an augmentation"
+    """`hflip` or `{random_crop: {padding: 4}}` -> ("random_crop", {"padding": 4})."""
+    if isinstance(entry, str):
+        return entry, {}
+    if isinstance(entry, dict) and len(entry) == 1:
+        ((name, kwargs),) = entry.items()
+        if kwargs is None or isinstance(kwargs, dict):
+            return name, kwargs or {}
+    raise ConfigError(f"{where}: expected {kind} name or {{name: {{options}}}}, got {entry!r}")
+
+
+def _resolve_images(cfg: Config) -> None:
+    """image_folder's keys: only with that dataset; channels and image_size made explicit, paths absolute."""
+    data, defaults = cfg.data, DataConfig()
+    if data.dataset != "image_folder":
+        for key in IMAGE_FOLDER_KEYS:
+            if getattr(data, key) != getattr(defaults, key):
+                raise ConfigError(f"data.{key}: only used by dataset image_folder (this is {data.dataset})")
+        return
+    if data.path is None:
+        raise ConfigError("data.path: required for dataset image_folder (a folder with one sub-folder per class)")
+    for key in ("path", "val_path", "test_path"):
+        if getattr(data, key) is not None:
+            setattr(data, key, str(Path(getattr(data, key)).expanduser().absolute()))
+    shape = cfg.model.input_shape
+    if data.channels is None:
+        data.channels = shape[0] if shape and shape[0] in (1, 3) else 3
+    if data.channels not in (1, 3):
+        raise ConfigError(f"data.channels: expected 1 (grey) or 3 (RGB), got {data.channels!r}")
+    size = data.image_size
+    if size is None:
+        if not shape:
+            raise ConfigError("data.image_size: required for image_folder, e.g. [32, 32] (or set model.input_shape)")
+        size = list(shape[1:])
+    size = [size, size] if isinstance(size, int) and not isinstance(size, bool) else size
+    if not (isinstance(size, list) and len(size) == 2
+            and all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in size)):
+        raise ConfigError(f"data.image_size: expected [height, width] of positive integers, got {data.image_size!r}")
+    data.image_size = size
 
 
 def apply_override(data: dict, assignment: str) -> None:

@@ -15,15 +15,16 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .config import Config, config_from_text
+from .config import Config, config_from_text, step_entry
 from .data.loader import BatchLoader, holdout
-from .data.transforms import Preprocess
+from .data.augment import Augment
+from .data.transforms import PixelStats, Preprocess
 from .errors import ConfigError, RunError, RunInterrupted
 from .losses import L2Penalty
 from .metrics import confusion_matrix, per_class_accuracy
 from .model import Sequential, build_model
 from .optim.schedules import build_momentum_schedule, build_schedule
-from .registry import DATASETS, LOSSES, OPTIMIZERS, PREPROCESS, accepted_kwargs
+from .registry import AUGMENTATIONS, DATASETS, LOSSES, OPTIMIZERS, PREPROCESS, accepted_kwargs
 from .runs import (CSVLogger, CsvAppender, atomic_write_text, find_checkpoint, json_number, load_checkpoint,
                    make_run_dir, save_checkpoint, split_state, truncate_csv, write_json)
 from .train import (STEP_COLUMNS, Callback, EarlyStopping, Interrupted, TrainState, evaluate, fit, improved,
@@ -50,49 +51,79 @@ def _limit(split, n):
     return split if n is None else (split[0][:n], split[1][:n])
 
 
-def load_splits(cfg: Config, log=None) -> Splits:
-    """The dataset of cfg.data, with the validation images held out and the limits applied."""
+def load_dataset(cfg: Config, log=None):
+    """The registered dataset of cfg.data, called with the data options its function accepts."""
     data = cfg.data
-    ds = DATASETS.get(data.dataset, "data.dataset")(root=data.root, download=data.download, mirror=data.mirror, log=log)
-    (train_x, train_y), test, classes = (ds.train_x, ds.train_y), (ds.test_x, ds.test_y), tuple(ds.classes)
+    fn = DATASETS.get(data.dataset, "data.dataset")
+    kwargs = {k: getattr(data, k) for k in accepted_kwargs(fn) or () if k != "log" and hasattr(data, k)}
+    try:
+        return fn(**kwargs, log=log)
+    except ConfigError as exc:
+        raise ConfigError(f"{cfg.source}: {exc}") from None
+
+
+def load_splits(cfg: Config, log=None) -> Splits:
+    """The dataset of cfg.data, with the validation images held out (unless it has its own) and the limits applied."""
+    data = cfg.data
+    ds = load_dataset(cfg, log)
+    train, test, classes = (ds.train_x, ds.train_y), (ds.test_x, ds.test_y), tuple(ds.classes)
+    val = None if ds.val_x is None else (ds.val_x, ds.val_y)
     if data.classes is not None:
         if max(data.classes) >= len(classes):
             raise ConfigError(f"{cfg.source}: data.classes: {data.dataset} has classes 0..{len(classes) - 1}, "
                               f"got {data.classes}")
-        (train_x, train_y), test = select_classes(train_x, train_y, data.classes), select_classes(*test, data.classes)
+        train, test = select_classes(*train, data.classes), select_classes(*test, data.classes)
+        val = None if val is None else select_classes(*val, data.classes)
         classes = tuple(classes[c] for c in data.classes)
-    try:
-        train_idx, val_idx = holdout(len(train_y), data.validation, data.split_seed)
-    except ValueError as exc:
-        raise ConfigError(f"{cfg.source}: data.validation: {exc}") from None
-    train = _limit((train_x[train_idx], train_y[train_idx]), data.limit_train)
-    val = _limit((train_x[val_idx], train_y[val_idx]), data.limit_val)
-    return Splits(train, val, _limit(test, data.limit_test), classes)
+    if val is None:
+        try:
+            train_idx, val_idx = holdout(len(train[1]), data.validation, data.split_seed)
+        except ValueError as exc:
+            raise ConfigError(f"{cfg.source}: data.validation: {exc}") from None
+        train, val = (train[0][train_idx], train[1][train_idx]), (train[0][val_idx], train[1][val_idx])
+    return Splits(_limit(train, data.limit_train), _limit(val, data.limit_val), _limit(test, data.limit_test), classes)
 
 
 def select_classes(x, y, keep):
     """The samples whose label is in keep, relabelled by their position in keep."""
-    lookup = np.full(max(int(y.max()), max(keep)) + 1, -1, dtype=np.int64)
+    lookup = np.full(max(int(y.max(initial=0)), max(keep)) + 1, -1, dtype=np.int64)
     lookup[list(keep)] = np.arange(len(keep))
     new = lookup[y]
     mask = new >= 0
     return x[mask], new[mask]
 
 
-def make_preprocess(cfg: Config, channels: int) -> Preprocess:
+def _steps(cfg: Config, section: str, registry) -> list:
+    """The objects of data.preprocess or data.augment, from their registry (entries checked by the config)."""
     steps = []
-    for i, entry in enumerate(cfg.data.preprocess):
-        where = f"data.preprocess[{i}]"
-        if isinstance(entry, str):
-            entry = {entry: {}}
-        if not (isinstance(entry, dict) and len(entry) == 1):
-            raise ConfigError(f"{cfg.source}: {where}: expected a step name or {{name: {{options}}}}, got {entry!r}")
-        ((name, kwargs),) = entry.items()
-        steps.append(PREPROCESS.create(name, kwargs or {}, where=f"{cfg.source}: {where}.{name}"))
+    for i, entry in enumerate(getattr(cfg.data, section)):
+        name, kwargs = step_entry(entry, f"{cfg.source}: data.{section}[{i}]", registry.kind)
+        steps.append(registry.create(name, kwargs, where=f"{cfg.source}: data.{section}[{i}].{name}"))
+    return steps
+
+
+def make_preprocess(cfg: Config, channels: int, train_x: np.ndarray | None = None) -> Preprocess:
+    """data.preprocess for `channels`, fitting unspecified statistics on the training images train_x."""
+    steps = _steps(cfg, "preprocess", PREPROCESS)
+    stats = PixelStats.of(train_x) if train_x is not None and any(s.needs_data() for s in steps) else None
     try:
-        return Preprocess(steps, channels)
+        return Preprocess(steps, channels, stats)
     except ValueError as exc:
         raise ConfigError(f"{cfg.source}: data.preprocess: {exc}") from None
+
+
+def checkpoint_preprocess(cfg: Config, meta: dict, channels: int) -> Preprocess:
+    """The preprocessing a checkpoint was trained with: its stored, fitted map (older checkpoints: the config's)."""
+    try:
+        if "preprocess" in meta:
+            return Preprocess.from_state(meta["preprocess"], channels)
+        return make_preprocess(cfg, channels)
+    except (ConfigError, ValueError, KeyError, TypeError) as exc:
+        raise RunError(f"{cfg.source}: cannot rebuild the preprocessing: {exc}") from None
+
+
+def make_augment(cfg: Config) -> Augment:
+    return Augment(_steps(cfg, "augment", AUGMENTATIONS))
 
 
 def build_network(cfg: Config, input_shape, n_classes: int | None = None) -> tuple[Sequential, object]:
@@ -162,15 +193,21 @@ class Setup:
     chunk_size: int
 
 
-def build_setup(cfg: Config, splits: Splits) -> Setup:
+def build_setup(cfg: Config, splits: Splits, preprocess_state: dict | None = None) -> Setup:
+    """Model, loss, optimizer, loader and schedules; preprocessing fitted on the training split, or restored."""
     model, loss = build_network(cfg, splits.input_shape, len(splits.classes))
     if cfg.model.init_from:
         init_from(model, cfg.model.init_from, cfg.source)
     n_train = len(splits.train[1])
     if n_train == 0:
         raise ConfigError(f"{cfg.source}: data: no training images left after the validation split and limits")
-    loader = BatchLoader(*splits.train, cfg.batch_size(n_train), make_preprocess(cfg, splits.input_shape[0]),
-                         shuffle=cfg.train.shuffle, seed=cfg.seed, drop_last=cfg.train.drop_last)
+    channels = splits.input_shape[0]
+    if preprocess_state is None:
+        preprocess = make_preprocess(cfg, channels, splits.train[0])
+    else:
+        preprocess = checkpoint_preprocess(cfg, {"preprocess": preprocess_state}, channels)
+    loader = BatchLoader(*splits.train, cfg.batch_size(n_train), preprocess, shuffle=cfg.train.shuffle,
+                         seed=cfg.seed, drop_last=cfg.train.drop_last, augment=make_augment(cfg))
     if len(loader) == 0:
         raise ConfigError(f"{cfg.source}: train.drop_last: batch_size {loader.batch_size} is larger than the "
                           f"{n_train} training images, so every batch would be dropped")
@@ -194,15 +231,17 @@ class Checkpointer(Callback):
     With no validation split, a val_* monitor falls back to its train_* twin.
     """
 
-    def __init__(self, run_dir: Path, cfg: Config, model: Sequential, optimizer, classes):
+    def __init__(self, run_dir: Path, cfg: Config, model: Sequential, optimizer, classes, preprocess: Preprocess):
         self.dir = run_dir / "checkpoints"
         self.config_text = cfg.to_yaml()
         self.model, self.optimizer, self.classes = model, optimizer, list(classes)
+        self.preprocess = preprocess.state()
         self.monitor, self.every = cfg.train.monitor, cfg.train.checkpoint_every
 
     def save(self, name: str, state: TrainState) -> None:
         meta = {"epoch": state.epoch, "step": state.step, "classes": self.classes,
                 "rng": self.model.rng.bit_generator.state, "input_shape": list(self.model.in_shape),
+                "preprocess": self.preprocess,
                 "state": state.to_dict(), "cnntrain_version": __version__}
         save_checkpoint(self.dir / name, self.config_text, meta,
                         {**self.model.state_dict(), **self.optimizer.state_dict()})
@@ -283,17 +322,28 @@ class PlotCallback(Callback):
     on_train_end = on_interrupt = draw
 
 
-def static_input_shape(cfg: Config) -> tuple[int, ...]:
-    """The dataset's image shape, known without reading it (else model.input_shape)."""
+def describe_dataset(cfg: Config) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """The dataset's image shape and class names, known without decoding any image.
+
+    A dataset function either has `input_shape` and `classes`, or `describe(data_config)`
+    when they depend on the config (an image folder's size and sub-folders).
+    """
     dataset = DATASETS.get(cfg.data.dataset, "data.dataset")
-    return tuple(getattr(dataset, "input_shape", None) or cfg.model.input_shape)
+    if hasattr(dataset, "describe"):
+        shape, classes = dataset.describe(cfg.data)
+    else:
+        shape, classes = dataset.input_shape, dataset.classes
+    return tuple(shape), tuple(classes)
+
+
+def static_input_shape(cfg: Config) -> tuple[int, ...]:
+    return describe_dataset(cfg)[0]
 
 
 def summarize(cfg: Config) -> dict:
     """Per-layer output shape, parameters and multiply-adds, built from the config alone (no data)."""
-    dataset = DATASETS.get(cfg.data.dataset, "data.dataset")
-    in_shape = static_input_shape(cfg)
-    n_classes = len(cfg.data.classes) if cfg.data.classes else len(dataset.classes)
+    in_shape, classes = describe_dataset(cfg)
+    n_classes = len(cfg.data.classes) if cfg.data.classes else len(classes)
     model, _ = build_network(cfg, in_shape, n_classes)
     rows = model.summary_rows()
     return {"name": cfg.name, "input_shape": list(in_shape), "layers": rows,
@@ -346,8 +396,15 @@ def train_from_config(cfg: Config, runs_dir="runs", echo=print, progress=None) -
     setup = build_setup(cfg, splits)
     run_dir = make_run_dir(runs_dir, cfg.name)
     echo(f"run directory: {run_dir}")
+    for step in setup.loader.preprocess.steps:
+        values = ", ".join(f"{k} {_round(v)}" for k, v in step.items() if k not in ("name", "fitted"))
+        echo(f"preprocess {step['name']}: {values}" + (" (fitted on the training split)" if step["fitted"] else ""))
     atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
     return _train(cfg, run_dir, setup, TrainState(), echo, progress)
+
+
+def _round(values):
+    return [float(f"{v:.4g}") for v in values] if isinstance(values, list) else values
 
 
 def resume_run(run_dir, epochs: int | None = None, echo=print, progress=None) -> dict:
@@ -369,7 +426,7 @@ def resume_run(run_dir, epochs: int | None = None, echo=print, progress=None) ->
     for stale in checkpoint.parent.glob(".*.tmp"):  # left by a process killed while writing
         stale.unlink(missing_ok=True)
     splits = load_splits(cfg, log=echo)
-    setup = build_setup(cfg, splits)
+    setup = build_setup(cfg, splits, meta.get("preprocess"))
     state = TrainState.from_dict(meta.get("state", {}))
     finished = state.stopped_early or state.step >= cfg.train.epochs * len(setup.loader)
     if finished and _status(run_dir) == "completed":
@@ -406,14 +463,15 @@ def _train(cfg: Config, run_dir: Path, setup: Setup, state: TrainState, echo, pr
     summary = {"name": cfg.name, "status": "running", "seed": cfg.seed, "run_dir": str(run_dir),
                "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "params": model.num_params(),
                "train_images": len(splits.train[1]), "val_images": len(splits.val[1]),
-               "test_images": len(splits.test[1]), "versions": versions()}
+               "test_images": len(splits.test[1]), "classes": list(splits.classes),
+               "preprocess": loader.preprocess.state(), "versions": versions()}
     write_json(run_dir / "summary.json", summary)
     step_columns = STEP_COLUMNS + (["momentum"] if setup.momentum else [])
     callbacks = [ProgressBar(cfg.train.epochs, bar=progress), CSVLogger(run_dir, step_columns)]
     if cfg.train.early_stopping is not None:
         es = cfg.train.early_stopping
         callbacks.append(EarlyStopping(es.monitor or cfg.train.monitor, es.patience, es.min_delta))
-    callbacks += [Checkpointer(run_dir, cfg, model, setup.optimizer, splits.classes)]
+    callbacks += [Checkpointer(run_dir, cfg, model, setup.optimizer, splits.classes, loader.preprocess)]
     observer = GradNormLogger(run_dir) if cfg.train.log_grad_norms else None
     if observer is not None:
         callbacks.insert(2, observer)  # rows written before any checkpoint, as the other CSVs
@@ -479,7 +537,7 @@ def evaluate_checkpoint(path, split: str = "test", batch_size: int | None = None
     cfg, meta, model, loss = load_model(checkpoint)
     splits = load_splits(cfg, log=log)
     x, y = getattr(splits, split)
-    preprocess = make_preprocess(cfg, splits.input_shape[0])
+    preprocess = checkpoint_preprocess(cfg, meta, splits.input_shape[0])
     mean_loss, acc, pred = evaluate(model, loss, x, y, preprocess, batch_size or cfg.train.eval_batch_size)
     classes = meta["classes"]
     cm = confusion_matrix(y, pred, len(classes))

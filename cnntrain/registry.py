@@ -28,7 +28,8 @@ def accepted_kwargs(obj: Callable) -> list[str] | None:
 # Every module that registers something; imported on the first lookup, so a registry is
 # complete whatever was imported first, and `cnntrain --help` need not import NumPy.
 COMPONENT_MODULES = ("cnntrain.init", "cnntrain.layers", "cnntrain.losses", "cnntrain.optim",
-                     "cnntrain.data.datasets", "cnntrain.data.transforms")
+                     "cnntrain.data.datasets", "cnntrain.data.cifar", "cnntrain.data.folder",
+                     "cnntrain.data.transforms", "cnntrain.data.augment")
 
 
 def load_components() -> None:
@@ -106,3 +107,4 @@ SCHEDULES = Registry("schedule")
 DATASETS = Registry("dataset")
 INITS = Registry("initializer")
 PREPROCESS = Registry("preprocessing step")
+AUGMENTATIONS = Registry("augmentation")

@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from cnntrain.cli import cli
+from cnntrain.data import datasets
 from cnntrain.data.idx import write_idx
 
 GOOD = """\
@@ -102,6 +103,7 @@ CASES = [
 def test_mistake_gives_one_clear_line(tmp_path, monkeypatch, desc, replace, overrides, fragment, code):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # no real cache, no download
+    monkeypatch.setattr(datasets, "SYSTEM_DATA_DIR", tmp_path / "system")  # Debian's dataset-* may be installed
     text = GOOD
     if replace is not None:
         old, new = replace

@@ -1,4 +1,8 @@
-"""Never lose a run: exact resume, checkpoints that survive SIGKILL, Ctrl-C/SIGTERM, divergence."""
+"""Never lose a run: exact resume, checkpoints that survive SIGKILL, Ctrl-C/SIGTERM, divergence.
+
+The config fits its preprocessing on the training split and augments every batch, so exact
+resume covers both: the fitted map comes from the checkpoint, the augmentation from (seed, epoch, batch).
+"""
 
 from __future__ import annotations
 
@@ -21,7 +25,8 @@ from cnntrain.runs import load_checkpoint
 
 CONFIG = """
 name: rs
-data: {dataset: mnist, download: false, validation: 500, limit_train: 1600, limit_val: 300, limit_test: 300}
+data: {dataset: mnist, download: false, validation: 500, limit_train: 1600, limit_val: 300, limit_test: 300,
+       preprocess: [standardize], augment: [{random_crop: {padding: 2}}, {hflip: {p: 0.3}}]}
 model:
   layers:
     - conv2d: {filters: 4, kernel_size: 3}

@@ -36,13 +36,18 @@ IDX_FILES = (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS)
 
 @dataclass(frozen=True, eq=False)  # eq=False: arrays have no single truth value, so compare by identity
 class Dataset:
-    """Train and test splits: uint8 images (N, C, H, W), int64 labels (N,), and the class names."""
+    """Train and test splits: uint8 images (N, C, H, W), int64 labels (N,), and the class names.
+
+    val_x/val_y: a validation split of its own (an image folder's val_path); else it is held out of train.
+    """
 
     train_x: np.ndarray
     train_y: np.ndarray
     test_x: np.ndarray
     test_y: np.ndarray
     classes: tuple[str, ...]
+    val_x: np.ndarray | None = None
+    val_y: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -193,19 +198,19 @@ def fetch_verified(url: str, dest: Path, digests: tuple[str, ...]) -> Path:
         Path(tmp).unlink(missing_ok=True)  # gone already after os.replace
 
 
-def download_file(spec: IdxSpec, name: str, folder: Path, mirrors: list[str], log) -> Path:
-    """folder/name.gz fetched from the first mirror that serves a verified copy."""
+def download_file(filename: str, digests: tuple[str, ...], folder: Path, mirrors: list[str], log) -> Path:
+    """folder/filename fetched from the first mirror (base URL) that serves a copy whose md5 is in digests."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DownloadError(f"cannot create {folder}: {exc.strerror or exc}") from None
-    filename, failures = f"{name}.gz", []
+    failures = []
     for base in mirrors:
         url = f"{base.rstrip('/')}/{filename}"
         if log:
             log(f"downloading {filename} from {base}")
         try:
-            return fetch_verified(url, folder / filename, spec.md5[name])
+            return fetch_verified(url, folder / filename, digests)
         except DownloadError as exc:
             failures.append(f"{url}: {exc}")
             if log:
@@ -222,7 +227,7 @@ def fetch_missing(spec: IdxSpec, root: str | None, download: bool, mirror: str |
     mirrors = ([mirror] if mirror else []) + list(spec.mirrors)
     while download and missing:
         try:
-            paths[missing[0]] = download_file(spec, missing[0], folder, mirrors, log)
+            paths[missing[0]] = download_file(f"{missing[0]}.gz", spec.md5[missing[0]], folder, mirrors, log)
         except DownloadError as exc:
             reason = f"download failed: {exc}"
             break  # no mirror has this file, so stop rather than wait on every timeout again
@@ -285,3 +290,48 @@ def fashion_mnist(root: str | None = None, download: bool = True, mirror: str | 
 # What `cnntrain summary` needs to know without reading any file.
 for _loader, _spec in ((mnist, MNIST), (fashion_mnist, FASHION_MNIST)):
     _loader.input_shape, _loader.classes = (1, 28, 28), _spec.classes
+
+
+TEST_SPLIT_STREAM = 3  # spawn_key component of the test hold-out of an image folder (0-2: model, shuffle, augment)
+
+
+@DATASETS.register("image_folder")
+def image_folder(path: str, val_path: str | None = None, test_path: str | None = None, test_split=0,
+                 split_seed: int = 0, channels: int = 3, image_size=(32, 32), strict: bool = False,
+                 cache: bool = True, log=None) -> Dataset:
+    """One sub-folder of JPG/PNG/BMP images per class, converted to `channels` and resized to image_size (H, W).
+
+    Validation and test images come from their own folders, or test_split of path is held out
+    (seeded by split_seed); the class names are the training folder's sub-folder names.
+    """
+    from ..errors import ConfigError
+    from .folder import load_image_folder
+    from .loader import holdout
+
+    def load(folder, classes=None):
+        return load_image_folder(folder, channels, tuple(image_size), strict=strict, log=log, classes=classes,
+                                 cache=cache)
+
+    train = load(path)
+    x, y = train.x, train.y
+    if test_path is not None:
+        test = load(test_path, train.classes)
+        test_x, test_y = test.x, test.y
+    else:
+        try:
+            keep, held = holdout(len(y), test_split, np.random.SeedSequence(split_seed, spawn_key=(TEST_SPLIT_STREAM,)),
+                                 "test_split")
+        except ValueError as exc:
+            raise ConfigError(f"data.test_split: {exc}") from None
+        x, y, test_x, test_y = x[keep], y[keep], x[held], y[held]
+    val = load(val_path, train.classes) if val_path is not None else None
+    return Dataset(x, y, test_x, test_y, train.classes, None if val is None else val.x, None if val is None else val.y)
+
+
+def _describe_folder(data) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    from .folder import class_folders
+
+    return (data.channels, *data.image_size), tuple(name for name, _ in class_folders(data.path))
+
+
+image_folder.describe = _describe_folder

@@ -9,11 +9,14 @@ import numpy as np
 SHUFFLE_STREAM = 1  # spawn_key component that separates shuffling from other seeded streams
 
 
-def holdout(n: int, validation, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (train, val) with `validation` images (or a fraction) held out at random, both sorted."""
+def holdout(n: int, validation, split_seed, what: str = "validation") -> tuple[np.ndarray, np.ndarray]:
+    """Indices (kept, held out) with `validation` images (or a fraction) held out at random, both sorted.
+
+    split_seed is an int or a SeedSequence (anything np.random.default_rng takes).
+    """
     n_val = int(round(validation * n)) if isinstance(validation, float) else int(validation)
     if n_val >= n:
-        raise ValueError(f"validation holds out {n_val} of only {n} training images")
+        raise ValueError(f"{what} holds out {n_val} of only {n} training images")
     perm = np.random.default_rng(split_seed).permutation(n)
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
@@ -28,17 +31,19 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
 class BatchLoader:
     """Yields (x uint8 (B, C, H, W), y int64 (B,)) in a seeded per-epoch order.
 
-    The last batch of an epoch is shorter unless drop_last. `transform` turns a
-    uint8 batch into the float32 network input (done by the trainer, chunk by chunk).
+    The last batch of an epoch is shorter unless drop_last. `augment(x, seed, epoch, batch)`
+    (training only) draws from (seed, epoch, batch) alone, so a resumed run sees the same
+    images. `transform` turns a uint8 batch into the float32 network input (done by the
+    trainer, chunk by chunk).
     """
 
     def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, preprocess, shuffle: bool = True,
-                 seed: int = 0, drop_last: bool = False):
+                 seed: int = 0, drop_last: bool = False, augment=None):
         if len(x) != len(y):
             raise ValueError(f"{len(x)} images but {len(y)} labels")
         self.x, self.y = x, y
         self.batch_size, self.preprocess, self.shuffle, self.seed = batch_size, preprocess, shuffle, seed
-        self.drop_last = drop_last
+        self.drop_last, self.augment = drop_last, augment
 
     def __len__(self) -> int:
         n = len(self.x)
@@ -52,7 +57,8 @@ class BatchLoader:
         order = epoch_order(len(self.x), self.seed, epoch, self.shuffle)
         for b in range(start, len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            yield self.x[idx], self.y[idx]
+            x = self.x[idx]
+            yield (self.augment(x, self.seed, epoch, b) if self.augment else x), self.y[idx]
 
 
 def batches(x: np.ndarray, y: np.ndarray, batch_size: int, preprocess):

@@ -168,17 +168,21 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
 
 
-def layer_entry(entry, where: str) -> tuple[str, dict]:
-    """`relu` or `{conv2d: {filters: 8}}` -> ("conv2d", {"filters": 8})."""
+def step_entry(entry, where: str, kind: str) -> tuple[str, dict]:
+    """`relu` or `{conv2d: {filters: 8}}` -> ("conv2d", {"filters": 8}); kind names the entry: "a layer"."""
     if isinstance(entry, str):
-        name, kwargs = entry, {}
-    elif isinstance(entry, dict) and len(entry) == 1:
+        return entry, {}
+    if isinstance(entry, dict) and len(entry) == 1:
         ((name, kwargs),) = entry.items()
         kwargs = {} if kwargs is None else kwargs
         if not isinstance(kwargs, dict):
             raise ConfigError(f"{where}.{name}: expected a mapping of options, got {kwargs!r}")
-    else:
-        raise ConfigError(f"{where}: expected a layer name or {{name: {{options}}}}, got {entry!r}")
+        return name, kwargs
+    raise ConfigError(f"{where}: expected {kind} name or {{name: {{options}}}}, got {entry!r}")
+
+
+def layer_entry(entry, where: str) -> tuple[str, dict]:
+    name, kwargs = step_entry(entry, where, "a layer")
     LAYERS.get(name, where)
     return name, kwargs
 
@@ -348,17 +352,6 @@ def _resolve(cfg: Config) -> Config:
             name, kwargs = step_entry(entry, f"data.{section}[{i}]", kind)
             registry.create(name, kwargs, where=f"data.{section}[{i}].{name}")
     return cfg
-
-
-def step_entry(entry, where: str, kind: str) -> tuple[str, dict]:  # kind with its article: "an augmentation"
-    """`hflip` or `{random_crop: {padding: 4}}` -> ("random_crop", {"padding": 4})."""
-    if isinstance(entry, str):
-        return entry, {}
-    if isinstance(entry, dict) and len(entry) == 1:
-        ((name, kwargs),) = entry.items()
-        if kwargs is None or isinstance(kwargs, dict):
-            return name, kwargs or {}
-    raise ConfigError(f"{where}: expected {kind} name or {{name: {{options}}}}, got {entry!r}")
 
 
 def _resolve_images(cfg: Config) -> None:

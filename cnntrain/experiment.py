@@ -97,7 +97,7 @@ def _steps(cfg: Config, section: str, registry) -> list:
     """The objects of data.preprocess or data.augment, from their registry (entries checked by the config)."""
     steps = []
     for i, entry in enumerate(getattr(cfg.data, section)):
-        name, kwargs = step_entry(entry, f"{cfg.source}: data.{section}[{i}]", registry.kind)
+        name, kwargs = step_entry(entry, f"{cfg.source}: data.{section}[{i}]", "a step")
         steps.append(registry.create(name, kwargs, where=f"{cfg.source}: data.{section}[{i}].{name}"))
     return steps
 

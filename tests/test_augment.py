@@ -200,7 +200,7 @@ def test_build_augment_entries_and_config_round_trip():
     (["hflip", "hflipp"], "data.augment[1].hflipp: unknown augmentation 'hflipp' (did you mean 'hflip'?)"),
     ([{"hflip": {}, "random_crop": {}}], "data.augment[0]: expected an augmentation name or {name: {options}}, got"),
     ([3], "data.augment[0]: expected an augmentation name or {name: {options}}, got 3"),
-    ([{"random_crop": 4}], "data.augment[0]: expected an augmentation name or {name: {options}}, got"),
+    ([{"random_crop": 4}], "data.augment[0].random_crop: expected a mapping of options, got 4"),
     ("hflip", "data.augment: expected a list, got 'hflip'"),
 ])
 def test_build_augment_errors_name_the_key_path(entries, message):

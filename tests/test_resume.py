@@ -136,7 +136,8 @@ def test_sigkill_at_random_moments_never_breaks_last_npz(tmp_path):
     exactly where an uninterrupted run ends."""
     rng = random.Random(0)
     runs = tmp_path / "runs"
-    cfg = write_config(tmp_path, CONFIG.replace("epochs: 2, batch_size: 16", "epochs: 10, batch_size: 8"))
+    # long enough (about 8 s of training) that 20 kills land before it ends, however fast the machine
+    cfg = write_config(tmp_path, CONFIG.replace("epochs: 2, batch_size: 16", "epochs: 30, batch_size: 8"))
     kills, loads, budget = 0, 0, time.monotonic() + 120
     run_dir = None
     while kills < 20 and time.monotonic() < budget:

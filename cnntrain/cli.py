@@ -341,6 +341,39 @@ def surface(function, optimizers, steps, lrs, start, noise, seed, out):
 
 
 @cli.command()
+@click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a config key.")
+@click.option("--count", type=click.IntRange(min=1, max=64), default=16, show_default=True,
+              help="Images shown (from the first batch of the epoch).")
+@click.option("--epoch", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Which epoch's first batch (the shuffle and augmentation differ per epoch).")
+@click.option("--out", type=click.Path(dir_okay=False), help="Figure path (default: <name>-preview.png).")
+def preview(config, overrides, count, epoch, out):
+    """The training images of CONFIG as stored and as the network gets them, without training.
+
+    Draws the first images of an epoch's first batch before and after data.augment, and prints
+    the preprocessing (with the statistics fitted on the training split) and the range of the
+    preprocessed batch, so a wrong crop, flip or normalisation shows before a run is spent on it.
+    """
+    from .config import load_config
+    from .experiment import preview_batch
+    from .plots import plot_preview
+
+    cfg = load_config(config, overrides)
+    p = preview_batch(cfg, count, epoch - 1, log=lambda line: click.echo(line, err=True))
+    out = out or f"{cfg.name}-preview.png"
+    plot_preview(p["raw"], p["augmented"], p["labels"], p["classes"], out,
+                 f"{cfg.name}: epoch {epoch}, first batch ({p['batch_size']} images)")
+    for line in p["preprocess"]:
+        click.echo(f"preprocess {line}")
+    click.echo(f"augment: {', '.join(p['augment']) or 'none'}")
+    s = p["input_stats"]
+    click.echo(f"network input of this batch: min {s['min']:.4g}, max {s['max']:.4g}, mean {s['mean']:.4g}, "
+               f"std {s['std']:.4g}")
+    click.echo(f"figure: {out}")
+
+
+@cli.command()
 @click.argument("checkpoint", metavar="CHECKPOINT_OR_RUN_DIR", type=click.Path(exists=True))
 @click.argument("images", nargs=-1, required=True, metavar="IMAGE_OR_FOLDER...")
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True)

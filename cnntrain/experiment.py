@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from . import __version__
 from .config import Config, config_from_text, step_entry
-from .data.loader import BatchLoader, holdout
+from .data.loader import BatchLoader, epoch_order, holdout
 from .data.augment import Augment
 from .data.transforms import PixelStats, Preprocess
 from .errors import ConfigError, RunError, RunInterrupted
@@ -362,6 +363,23 @@ def schedule_table(cfg: Config, log=None) -> dict:
     return {"name": cfg.name, "steps_per_epoch": spe, "batch_size": setup.loader.batch_size, "table": table}
 
 
+def preview_batch(cfg: Config, count: int = 16, epoch: int = 0, log=None) -> dict:
+    """The first `count` images of an epoch's first training batch, as stored and as augmented for
+    training (the very pixels fit() gets), with the preprocessed batch's statistics."""
+    setup = build_setup(cfg, load_splits(cfg, log=log))
+    loader = setup.loader
+    order = epoch_order(len(loader.x), loader.seed, epoch, loader.shuffle)[:loader.batch_size]
+    augmented, labels = next(loader.epoch(epoch))
+    count = min(count, len(labels))
+    x = loader.preprocess(augmented)
+    return {"name": cfg.name, "raw": loader.x[order[:count]], "augmented": augmented[:count], "labels": labels[:count],
+            "classes": setup.splits.classes, "preprocess": loader.preprocess.describe(), "batch_size": len(labels),
+            "augment": [entry if isinstance(entry, str) else yaml.safe_dump(entry, default_flow_style=True).strip()
+                        for entry in cfg.data.augment],
+            "input_stats": {"min": float(x.min()), "max": float(x.max()), "mean": float(x.mean()),
+                            "std": float(x.std())}}
+
+
 def versions() -> dict:
     return {"cnntrain": __version__, "python": platform.python_version(), "numpy": np.__version__}
 
@@ -396,15 +414,10 @@ def train_from_config(cfg: Config, runs_dir="runs", echo=print, progress=None) -
     setup = build_setup(cfg, splits)
     run_dir = make_run_dir(runs_dir, cfg.name)
     echo(f"run directory: {run_dir}")
-    for step in setup.loader.preprocess.steps:
-        values = ", ".join(f"{k} {_round(v)}" for k, v in step.items() if k not in ("name", "fitted"))
-        echo(f"preprocess {step['name']}: {values}" + (" (fitted on the training split)" if step["fitted"] else ""))
+    for line in setup.loader.preprocess.describe():
+        echo(f"preprocess {line}")
     atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
     return _train(cfg, run_dir, setup, TrainState(), echo, progress)
-
-
-def _round(values):
-    return [float(f"{v:.4g}") for v in values] if isinstance(values, list) else values
 
 
 def resume_run(run_dir, epochs: int | None = None, echo=print, progress=None) -> dict:

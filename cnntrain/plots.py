@@ -245,3 +245,25 @@ def plot_surface(name, fn, paths: dict, path, animate: bool = False) -> Path:
     atomic_write_bytes(path, tmp.read_bytes())
     tmp.unlink()
     return Path(path)
+
+
+def plot_preview(raw: np.ndarray, augmented: np.ndarray, labels, classes, path, title: str) -> Path:
+    """Training images as stored (top of each pair) and as the first batch sees them after augmentation."""
+    plt = _pyplot()
+    n = len(raw)
+    cols = min(n, 8)
+    rows = 2 * -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.45 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i in range(n):
+        r, c = 2 * (i // cols), i % cols
+        for ax, img, what in ((axes[r, c], raw[i], "stored"), (axes[r + 1, c], augmented[i], "augmented")):
+            grey = img.shape[0] == 1
+            ax.imshow(img[0] if grey else img.transpose(1, 2, 0), cmap="gray" if grey else None, vmin=0, vmax=255,
+                      interpolation="nearest")
+            ax.set_title(f"{classes[labels[i]]}" if what == "stored" else "augmented", fontsize=8)
+    fig.suptitle(title)
+    _save(fig, path)
+    plt.close(fig)
+    return Path(path)

@@ -181,3 +181,28 @@ def test_cifar10_cnn_config_trains_on_binary_batches(tmp_path, monkeypatch):
     assert len(meta["preprocess"]["scale"]) == 3, "standardize is fitted per colour channel"
     summary = json.loads((run_dir / "summary.json").read_text())
     assert (summary["train_images"], summary["val_images"], summary["test_images"]) == (48, 12, 12)
+
+
+def test_preview_shows_exactly_the_first_training_batch(shapes_run, monkeypatch):
+    tmp, _, _ = shapes_run
+    monkeypatch.chdir(tmp)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp / "cache"))
+    from cnntrain.experiment import build_setup, load_splits, preview_batch
+
+    cfg = load_config("shapes.yaml")
+    p = preview_batch(cfg, count=5, epoch=1)
+    loader = build_setup(cfg, load_splits(cfg)).loader
+    x, y = next(loader.epoch(1))
+    np.testing.assert_array_equal(p["augmented"], x[:5])  # the pixels fit() gets in epoch 2, step 1
+    np.testing.assert_array_equal(p["labels"], y[:5])
+    assert not np.array_equal(p["raw"], p["augmented"]), "random_shift and hflip change the images"
+    assert p["raw"].shape == (5, 3, 20, 24) and p["classes"] == CLASSES
+    result = invoke("preview", "shapes.yaml", "--count", "6", "--epoch", "2", "--out", tmp / "pv.png")
+    assert result.exit_code == 0, result.output
+    assert "preprocess minmax: range [-1.0, 1.0], min [" in result.output and "(fitted on the training split)" in result.output
+    assert "augment: {random_shift: {max_dx: 1, max_dy: 1}}, hflip" in result.output
+    assert "network input of this batch: min " in result.output
+    from PIL import Image
+
+    with Image.open(tmp / "pv.png") as img:
+        assert img.width > 300 and img.height > 150, img.size

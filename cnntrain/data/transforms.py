@@ -183,6 +183,15 @@ class Preprocess:
         self.scale = self.scale64.astype(dtype).reshape(shape)
         self.offset = self.offset64.astype(dtype).reshape(shape)
 
+    def describe(self) -> list[str]:
+        """One line per step with its values, e.g. `standardize: mean [0.2862], std [0.3531] (fitted ...)`."""
+        lines = []
+        for step in self.steps:
+            values = ", ".join(f"{k} {[float(f'{v:.4g}') for v in value] if isinstance(value, list) else value}"
+                               for k, value in step.items() if k not in ("name", "fitted"))
+            lines.append(f"{step['name']}: {values}" + (" (fitted on the training split)" if step.get("fitted") else ""))
+        return lines
+
     def state(self) -> dict:
         """JSON-able: the per-channel map and each step with its fitted statistics."""
         return {"scale": self.scale64.tolist(), "offset": self.offset64.tolist(), "steps": self.steps}

@@ -1,4 +1,4 @@
-"""Find IDX datasets on the data search path, or download them (md5-verified) into the cache.
+"""Find datasets on the data search path, or download them (md5-verified) into the cache; the image_folder dataset.
 
 Search order: data.root, $CNNTRAIN_DATA, the cache dir, /usr/share/datasets (Debian's dataset-* packages).
 """

@@ -17,7 +17,7 @@ import yaml
 
 from . import __version__
 from .config import Config, config_from_text, step_entry
-from .data.loader import BatchLoader, epoch_order, holdout
+from .data.loader import BatchLoader, holdout
 from .data.augment import Augment
 from .data.transforms import PixelStats, Preprocess
 from .errors import ConfigError, RunError, RunInterrupted
@@ -368,11 +368,11 @@ def preview_batch(cfg: Config, count: int = 16, epoch: int = 0, log=None) -> dic
     training (the very pixels fit() gets), with the preprocessed batch's statistics."""
     setup = build_setup(cfg, load_splits(cfg, log=log))
     loader = setup.loader
-    order = epoch_order(len(loader.x), loader.seed, epoch, loader.shuffle)[:loader.batch_size]
+    first = loader.batch_indices(epoch)[0]
     augmented, labels = next(loader.epoch(epoch))
     count = min(count, len(labels))
     x = loader.preprocess(augmented)
-    return {"name": cfg.name, "raw": loader.x[order[:count]], "augmented": augmented[:count], "labels": labels[:count],
+    return {"name": cfg.name, "raw": loader.x[first[:count]], "augmented": augmented[:count], "labels": labels[:count],
             "classes": setup.splits.classes, "preprocess": loader.preprocess.describe(), "batch_size": len(labels),
             "augment": [entry if isinstance(entry, str) else yaml.safe_dump(entry, default_flow_style=True).strip()
                         for entry in cfg.data.augment],

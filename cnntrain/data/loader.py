@@ -52,11 +52,16 @@ class BatchLoader:
     def transform(self, x_u8: np.ndarray) -> np.ndarray:
         return self.preprocess(x_u8)
 
+    def batch_indices(self, epoch: int) -> list[np.ndarray]:
+        """The sample indices of each batch of `epoch`, in order."""
+        order = epoch_order(len(self.x), self.seed, epoch, self.shuffle)
+        return [order[b * self.batch_size : (b + 1) * self.batch_size] for b in range(len(self))]
+
     def epoch(self, epoch: int, start: int = 0):
         """Batches of `epoch` from batch index `start` on."""
-        order = epoch_order(len(self.x), self.seed, epoch, self.shuffle)
+        indices = self.batch_indices(epoch)
         for b in range(start, len(self)):
-            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            idx = indices[b]
             x = self.x[idx]
             yield (self.augment(x, self.seed, epoch, b) if self.augment else x), self.y[idx]
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import reference
-from cnntrain.layers import _im2col as k
+from cnntrain.layers import geometry as k
 from cnntrain.registry import LAYERS
 
 CONV_CASES = [
@@ -26,7 +26,7 @@ CONV_CASES = [
 
 
 def test_both_im2col_paths_are_covered():
-    from cnntrain.layers._im2col import FEW_CHANNELS
+    from cnntrain.layers.channels_last import FEW_CHANNELS
 
     channels = {case[0] for case in CONV_CASES}
     assert min(channels) <= FEW_CHANNELS < max(channels)
@@ -102,7 +102,7 @@ def test_spp_forward_matches_loops(mode, H, W):
 
 def test_conv_in_cache_sized_blocks_equals_one_block(monkeypatch):
     """Forward and gradients are the same whether im2col runs per image or for the whole batch."""
-    from cnntrain.layers import _im2col
+    from cnntrain.layers import channels_last as _im2col
     from gradcheck import check_layer
 
     rng = np.random.default_rng(0)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from ..registry import LAYERS
-from . import _im2col as k
+from .channels_last import column_sums, nchw, nhwc
 from .base import Layer, check_shape
 
 
@@ -44,13 +44,13 @@ class BatchNorm(Layer):
         """x as a (rows, T*C) matrix whose columns cycle through the C channels, and T.
 
         A conv input's channels-last memory gives (N*H, W*C) with no copy: long rows keep NumPy's
-        broadcasting fast (a (P, C) matrix with C = 16 is 5x slower), and per-channel sums are a
-        matrix-vector product folded T times.
+        broadcasting fast (rows of only C values would each pay a ufunc's per-row overhead), and
+        per-channel sums are a matrix-vector product folded T times.
         """
         if x.ndim == 2:
             return x, 1
         N, C, H, W = x.shape
-        return k.nhwc(x).reshape(N * H, W * C), W
+        return nhwc(x).reshape(N * H, W * C), W
 
     @staticmethod
     def _like(rows, x):
@@ -58,10 +58,10 @@ class BatchNorm(Layer):
         if x.ndim == 2:
             return rows
         N, C, H, W = x.shape
-        return k.nchw(rows.reshape(N, H, W, C))
+        return nchw(rows.reshape(N, H, W, C))
 
     def _channel_sums(self, rows, T):
-        return k.column_sums(rows).reshape(T, -1).sum(axis=0)
+        return column_sums(rows).reshape(T, -1).sum(axis=0)
 
     def forward(self, x, training):
         check_shape(x, self.in_shape, self)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..registry import LAYERS
-from . import _im2col as k
+from .channels_last import maxpool_backward_nhwc, maxpool_nhwc, nchw, nhwc, pad_nhwc
+from .geometry import out_size, pad, resolve_padding, unpad
 from .base import Layer, check_shape, pair
 
 
@@ -18,7 +19,7 @@ class _Pool2D(Layer):
         self.stride = self.size if stride is None else pair(stride, "stride")
         if min(self.size) < 1 or min(self.stride) < 1:
             raise ValueError(f"size: size and stride must be >= 1, got size={size!r} stride={stride!r}")
-        k.resolve_padding(padding, (1, 1), (1, 1), (1, 1))
+        resolve_padding(padding, (1, 1), (1, 1), (1, 1))
         self.padding = padding
         self._stride_arg = stride
 
@@ -26,8 +27,8 @@ class _Pool2D(Layer):
         if len(in_shape) != 3:
             raise ValueError(f"expects input (channels, height, width), got {tuple(in_shape)}")
         C, H, W = in_shape
-        self.pads = k.resolve_padding(self.padding, (H, W), self.size, self.stride)
-        OH, OW = (k.out_size(s, kk, st, p) for s, kk, st, p in zip((H, W), self.size, self.stride, self.pads))
+        self.pads = resolve_padding(self.padding, (H, W), self.size, self.stride)
+        OH, OW = (out_size(s, kk, st, p) for s, kk, st, p in zip((H, W), self.size, self.stride, self.pads))
         if OH < 1 or OW < 1:
             raise ValueError(f"window {self.size[0]}x{self.size[1]} leaves nothing of the input {C}x{H}x{W}")
         self.in_shape, self.out_shape = (C, H, W), (C, OH, OW)
@@ -57,18 +58,18 @@ class MaxPool2D(_Pool2D):
         # Channels-last: one np.maximum per kernel offset over (N, OH, OW, C) views whose
         # innermost axis is contiguous; which offset won is recomputed only in backward.
         check_shape(x, self.in_shape, self)
-        xp = k.pad_nhwc(k.nhwc(x), self.pads, value=-np.inf)
-        y = k.maxpool_nhwc(xp, self.size, self.stride, self.out_shape[1:])
+        xp = pad_nhwc(nhwc(x), self.pads, value=-np.inf)
+        y = maxpool_nhwc(xp, self.size, self.stride, self.out_shape[1:])
         if training:
             self._cache = (xp, y)
-        return k.nchw(y)
+        return nchw(y)
 
     def backward(self, dy):
         xp, y = self._pop_cache()
-        dxp = k.maxpool_backward_nhwc(xp, y, k.nhwc(dy), self.size, self.stride)
+        dxp = maxpool_backward_nhwc(xp, y, nhwc(dy), self.size, self.stride)
         (t, _), (l, _) = self.pads
         H, W = self.in_shape[1:]
-        return k.nchw(dxp[:, t : t + H, l : l + W])
+        return nchw(dxp[:, t : t + H, l : l + W])
 
 
 @LAYERS.register("avgpool2d")
@@ -103,7 +104,7 @@ class AvgPool2D(_Pool2D):
         # The window sum is separable: KH strided adds down the rows, then KW across the columns
         # (KH + KW passes, the second on an array OH/H as large) instead of KH*KW passes.
         check_shape(x, self.in_shape, self)
-        xp = k.pad(x, self.pads)
+        xp = pad(x, self.pads)
         rows, cols = self._row_col_slices()
         r = xp[:, :, rows[0]]  # (N, C, OH, Wp)
         for s in rows[1:]:
@@ -125,7 +126,7 @@ class AvgPool2D(_Pool2D):
         dxp = np.zeros(padded_shape, dtype=dy.dtype)
         for s in rows:
             dxp[:, :, s] += dr
-        return k.unpad(dxp, self.pads)
+        return unpad(dxp, self.pads)
 
     def macs(self):
         """One add per input element of every window (padding excluded); comparisons in max pooling count 0."""

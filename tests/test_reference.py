@@ -1,0 +1,374 @@
+"""The fast layers agree with the textbook loops of cnntrain.layers.reference, in float64.
+
+The loops are checked on their own against central finite differences, so the oracle does not
+rest on the code it judges. Every layer goes through the registry, forward and backward, with a
+random dy.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from cnntrain.layers import channels_last, geometry
+from cnntrain.layers import reference as ref
+from cnntrain.registry import LAYERS
+from gradcheck import numeric_grad, rel_error
+
+TOL = 1e-10  # float64: the fast kernels only sum in another order
+
+
+def assert_close(actual, expected, what, tol=TOL):
+    """Max absolute error within tol, relative to the expected magnitude when it exceeds 1."""
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape}, expected {expected.shape}"
+    err = float(np.abs(actual - expected).max(initial=0))
+    scale = max(1.0, float(np.abs(expected).max(initial=0)))
+    assert err <= tol * scale, f"{what} {actual.shape}: max error {err:.3g} (scale {scale:.3g})"
+
+
+def make(name, kwargs, in_shape, rng):
+    """A built layer with random float64 parameters (random, so b and beta are not zero)."""
+    layer = LAYERS.create(name, kwargs)
+    out_shape = layer.build(in_shape, rng)
+    layer.params = {key: rng.standard_normal(value.shape) for key, value in layer.params.items()}
+    return layer, out_shape
+
+
+def forward_backward(layer, x, rng):
+    """y, the random dy and dx of one training step."""
+    y = layer.forward(x, training=True)
+    dy = rng.standard_normal(y.shape)
+    return y, dy, layer.backward(dy)
+
+
+def sample(rng, shape, ties):
+    """Random normal values, or small integers so that max-pool windows hold ties."""
+    return rng.integers(0, 3, shape).astype(np.float64) if ties else rng.standard_normal(shape)
+
+
+def finite_difference_grads(f, arrays, dy):
+    """d sum(f() * dy) / d a for each array a that f reads, by central differences in place."""
+    return [numeric_grad(lambda: float(np.sum(f() * dy)), a) for a in arrays]
+
+
+# Window geometry.
+def test_output_size_formula_over_a_grid():
+    """out = floor((n + p_lo + p_hi - d*(k-1) - 1) / s) + 1, checked against counting window positions."""
+    pads = ((0, 0), (1, 1), (2, 2), (1, 2))
+    for n, kk, s, p, d in itertools.product(range(1, 12), (1, 2, 3, 5), (1, 2, 3), pads, (1, 2)):
+        span = d * (kk - 1) + 1
+        count = len(range(0, n + sum(p) - span + 1, s))
+        assert max(geometry.out_size(n, kk, s, p, d), 0) == count, (n, kk, s, p, d)
+        assert max(ref.output_size(n, kk, s, p, d), 0) == count, (n, kk, s, p, d)
+
+
+def test_same_padding_gives_ceil_of_size_over_stride():
+    for n, kk, s, d in itertools.product(range(1, 12), (1, 2, 3, 4, 5), (1, 2, 3), (1, 2)):
+        pads = geometry.same_pad(n, kk, s, d)
+        assert geometry.out_size(n, kk, s, pads, d) == -(-n // s), (n, kk, s, d, pads)
+
+
+# The reference backward functions against central finite differences, on tiny shapes.
+@pytest.mark.parametrize("stride,pads,dilation", [
+    ((2, 1), ((1, 2), (0, 1)), (1, 2)),
+    ((1, 1), ((0, 0), (0, 0)), (2, 2)),
+])
+def test_reference_conv_backward_matches_finite_differences(stride, pads, dilation):
+    rng = np.random.default_rng(0)
+    x, W, b = rng.standard_normal((2, 2, 6, 5)), rng.standard_normal((2, 2, 3, 2)), rng.standard_normal(2)
+
+    def f():
+        return ref.conv2d_forward(x, W, b, stride, pads, dilation)
+
+    dy = rng.standard_normal(f().shape)
+    analytic = ref.conv2d_backward(dy, x, W, stride, pads, dilation)
+    numeric = finite_difference_grads(f, (x, W, b), dy)
+    for name, a, n in zip(("dx", "dW", "db"), analytic, numeric):
+        assert rel_error(a, n) < 1e-8, f"{name} {a.shape}: relative error {rel_error(a, n):.3g}"
+
+
+POOL_GRAD_CASES = [((2, 2), (2, 2), ((0, 0), (0, 0))), ((3, 2), (2, 1), ((1, 2), (0, 1)))]
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("size,stride,pads", POOL_GRAD_CASES)
+def test_reference_pool_backward_matches_finite_differences(kind, size, stride, pads):
+    rng = np.random.default_rng(0)
+    forward, backward = {"max": (ref.maxpool2d_forward, ref.maxpool2d_backward),
+                         "avg": (ref.avgpool2d_forward, ref.avgpool2d_backward)}[kind]
+    x = rng.standard_normal((2, 2, 5, 4))  # no ties: the maximum is differentiable
+
+    def f():
+        return forward(x, size, stride, pads)
+
+    dy = rng.standard_normal(f().shape)
+    (numeric,) = finite_difference_grads(f, (x,), dy)
+    dx = backward(dy, x, size, stride, pads)
+    assert rel_error(dx, numeric) < 1e-8, f"{kind} pool dx {dx.shape}: relative error {rel_error(dx, numeric):.3g}"
+
+
+@pytest.mark.parametrize("shape", [(4, 3), (2, 3, 3, 2)])
+def test_reference_batchnorm_backward_matches_finite_differences(shape):
+    rng = np.random.default_rng(0)
+    x = 2 + 3 * rng.standard_normal(shape)
+    gamma, beta = rng.standard_normal(shape[1]), rng.standard_normal(shape[1])
+
+    def f():
+        return ref.batchnorm_forward(x, gamma, beta, 1e-5)[0]
+
+    y, cache = ref.batchnorm_forward(x, gamma, beta, 1e-5)
+    dy = rng.standard_normal(y.shape)
+    analytic = ref.batchnorm_backward(dy, cache)
+    numeric = finite_difference_grads(f, (x, gamma, beta), dy)
+    for name, a, n in zip(("dx", "dgamma", "dbeta"), analytic, numeric):
+        assert rel_error(a, n) < 1e-7, f"{name} {a.shape}: relative error {rel_error(a, n):.3g}"
+
+
+@pytest.mark.parametrize("mode", ["max", "avg"])
+def test_reference_spp_backward_matches_finite_differences(mode):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 2, 5, 4))  # 5 rows in 2 or 3 bins: neighbouring bins share a row
+
+    def f():
+        return ref.spp_forward(x, [1, 2, 3], mode)
+
+    dy = rng.standard_normal(f().shape)
+    (numeric,) = finite_difference_grads(f, (x,), dy)
+    dx = ref.spp_backward(dy, x, [1, 2, 3], mode)
+    assert rel_error(dx, numeric) < 1e-8, f"spp {mode} dx {dx.shape}: relative error {rel_error(dx, numeric):.3g}"
+
+
+def test_reference_maxpool_sends_ties_to_the_first_maximum():
+    # a constant input: every entry of a 2x2 window is a maximum; the top-left one is first in row-major order
+    x = np.zeros((1, 1, 4, 4))
+    dy = np.array([[[[1.0, 2.0], [3.0, 4.0]]]])
+    dx = ref.maxpool2d_backward(dy, x, (2, 2), (2, 2), ((0, 0), (0, 0)))
+    assert dx[0, 0].tolist() == [[1, 0, 2, 0], [0, 0, 0, 0], [3, 0, 4, 0], [0, 0, 0, 0]]
+
+
+# The fast layers against the reference.
+CONV_CASES = [
+    # (C, H, W, F, kernel_size, stride, padding, dilation)
+    (3, 5, 5, 2, 3, 2, 1, 1),
+    (1, 7, 6, 3, (3, 2), (2, 1), "same", 1),
+    (2, 8, 8, 2, 2, 2, "same", 1),
+    (2, 9, 9, 4, 3, 1, "same", 2),
+    (3, 6, 7, 2, 3, 3, "valid", 1),
+    (2, 5, 5, 1, 5, 1, ((1, 2), (0, 1)), 1),
+    (3, 5, 6, 2, (2, 3), (3, 2), ((1, 2), (0, 1)), (2, 1)),
+    (4, 5, 7, 3, 1, 1, "valid", 1),
+    # more channels than FEW_CHANNELS: the strided-copy im2col path
+    (6, 7, 6, 3, 3, 2, "same", 1),
+    (5, 9, 9, 2, (2, 3), 1, 1, 2),
+    (7, 5, 5, 3, 1, 2, "same", 1),
+    (6, 7, 8, 2, 3, 3, ((1, 2), (0, 1)), 2),
+]
+
+
+def test_both_im2col_paths_are_covered():
+    channels = {case[0] for case in CONV_CASES}
+    assert min(channels) <= channels_last.FEW_CHANNELS < max(channels)
+
+
+def check_conv(layer, x, rng, what):
+    """Forward, dx, dW and db of a conv2d layer against the reference loops."""
+    y, dy, dx = forward_backward(layer, x, rng)
+    b = layer.params.get("b")
+    args = (layer.stride, layer.pads, layer.dilation)
+    assert_close(y, ref.conv2d_forward(x, layer.params["W"], b, *args), f"{what} y")
+    dx_ref, dW_ref, db_ref = ref.conv2d_backward(dy, x, layer.params["W"], *args)
+    assert_close(dx, dx_ref, f"{what} dx")
+    assert_close(layer.grads["W"], dW_ref, f"{what} dW")
+    if b is not None:
+        assert_close(layer.grads["b"], db_ref, f"{what} db")
+
+
+@pytest.mark.parametrize("C,H,W,F,kernel,stride,padding,dilation", CONV_CASES)
+def test_conv_matches_reference(C, H, W, F, kernel, stride, padding, dilation):
+    rng = np.random.default_rng(0)
+    layer, out_shape = make("conv2d", {"filters": F, "kernel_size": kernel, "stride": stride,
+                                       "padding": padding, "dilation": dilation}, (C, H, W), rng)
+    x = rng.standard_normal((2, C, H, W))
+    assert layer.forward(x, training=False).shape == (2, *out_shape)
+    check_conv(layer, x, rng, f"conv2d x{x.shape} k{kernel} s{stride} p{padding!r} d{dilation}")
+
+
+@pytest.mark.parametrize("C", [3, 6])
+def test_conv_without_bias_matches_reference(C):
+    rng = np.random.default_rng(0)
+    layer, _ = make("conv2d", {"filters": 2, "kernel_size": 3, "stride": 2, "use_bias": False}, (C, 7, 7), rng)
+    assert "b" not in layer.params
+    check_conv(layer, rng.standard_normal((2, C, 7, 7)), rng, f"conv2d C={C} use_bias=False")
+
+
+@pytest.mark.parametrize("C", [3, 6])
+@pytest.mark.parametrize("chunk_bytes", [channels_last.CHUNK_BYTES, 1])  # 1 byte: one image per block
+def test_conv_in_cache_sized_blocks_matches_reference(monkeypatch, C, chunk_bytes):
+    """Forward and gradients are right whether im2col runs per image or for the whole batch."""
+    monkeypatch.setattr(channels_last, "CHUNK_BYTES", chunk_bytes)
+    rng = np.random.default_rng(0)
+    layer, _ = make("conv2d", {"filters": 4, "kernel_size": 3, "padding": "same"}, (C, 7, 7), rng)
+    x = rng.standard_normal((3, C, 7, 7))
+    layer.forward(x, training=True)
+    blocks = layer._pop_cache()[0]  # the column blocks kept for dW: proves which way it ran
+    assert len(blocks) == (3 if chunk_bytes == 1 else 1), f"{len(blocks)} blocks with CHUNK_BYTES={chunk_bytes}"
+    check_conv(layer, x, rng, f"conv2d C={C} CHUNK_BYTES={chunk_bytes}")
+
+
+MAXPOOL_CASES = [
+    # (C, H, W, size, stride, padding)
+    (3, 6, 8, 2, None, "valid"),  # windows tile, C <= 16: the row-reduction fast path
+    (2, 6, 6, 3, None, "valid"),
+    (2, 6, 4, (3, 2), None, "valid"),
+    (2, 5, 5, 2, None, "same"),  # tiles once padded with -inf
+    (17, 4, 6, 2, None, "valid"),  # tiles, but C > 16
+    (2, 7, 5, 2, None, "valid"),  # stride == size, but the last row is left out
+    (3, 7, 7, 3, 2, "valid"),  # overlapping windows
+    (2, 5, 5, 3, 1, 1),
+    (2, 6, 7, 3, 2, "same"),
+    (17, 5, 5, 3, 2, 1),
+    (2, 7, 8, 2, 3, "valid"),  # gaps between windows
+    (3, 5, 6, (3, 2), (1, 2), ((1, 2), (0, 1))),
+    (3, 5, 5, 1, 1, "valid"),
+]
+
+
+def takes_tiled_maxpool_path(layer):
+    """The condition of channels_last.maxpool_nhwc's fast path, for this built layer."""
+    C, OH, OW = layer.out_shape
+    (t, b), (l, r) = layer.pads
+    H, W = layer.in_shape[1] + t + b, layer.in_shape[2] + l + r
+    return C <= 16 and layer.stride == layer.size and (H, W) == (layer.size[0] * OH, layer.size[1] * OW)
+
+
+def test_maxpool_cases_cover_both_paths():
+    paths = {takes_tiled_maxpool_path(make("maxpool2d", {"size": size, "stride": stride, "padding": padding},
+                                           (C, H, W), np.random.default_rng(0))[0])
+             for C, H, W, size, stride, padding in MAXPOOL_CASES}
+    assert paths == {True, False}
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("C,H,W,size,stride,padding", MAXPOOL_CASES)
+def test_maxpool_matches_reference(C, H, W, size, stride, padding, ties):
+    rng = np.random.default_rng(0)
+    layer, out_shape = make("maxpool2d", {"size": size, "stride": stride, "padding": padding}, (C, H, W), rng)
+    x = sample(rng, (2, C, H, W), ties)
+    what = f"maxpool2d x{x.shape} size {size} stride {stride} padding {padding!r} ties={ties}"
+    y, dy, dx = forward_backward(layer, x, rng)
+    args = (layer.size, layer.stride, layer.pads)
+    assert_close(y, ref.maxpool2d_forward(x, *args), f"{what} y")
+    assert_close(layer.forward(x, training=False), y, f"{what} y in evaluation")
+    assert_close(dx, ref.maxpool2d_backward(dy, x, *args), f"{what} dx")
+
+
+AVGPOOL_CASES = [
+    # (C, H, W, size, stride, padding)
+    (3, 6, 6, 2, None, "valid"),
+    (2, 7, 5, 2, None, "valid"),
+    (3, 7, 7, 3, 2, "valid"),
+    (2, 5, 5, 3, 1, 1),
+    (2, 5, 5, 2, None, "same"),
+    (2, 6, 7, 3, 2, "same"),
+    (2, 5, 6, (3, 2), (1, 2), ((1, 0), (0, 1))),
+    (3, 5, 6, 3, 3, ((1, 2), (0, 1))),
+    (2, 7, 8, 2, 3, "valid"),
+    (5, 4, 4, 1, 1, "valid"),
+]
+
+
+@pytest.mark.parametrize("C,H,W,size,stride,padding", AVGPOOL_CASES)
+def test_avgpool_matches_reference(C, H, W, size, stride, padding):
+    rng = np.random.default_rng(0)
+    layer, out_shape = make("avgpool2d", {"size": size, "stride": stride, "padding": padding}, (C, H, W), rng)
+    x = rng.standard_normal((2, C, H, W))
+    what = f"avgpool2d x{x.shape} size {size} stride {stride} padding {padding!r}"
+    y, dy, dx = forward_backward(layer, x, rng)
+    args = (layer.size, layer.stride, layer.pads)
+    assert y.shape == (2, *out_shape), what
+    assert_close(y, ref.avgpool2d_forward(x, *args), f"{what} y")
+    assert_close(dx, ref.avgpool2d_backward(dy, x, *args), f"{what} dx")
+
+
+@pytest.mark.parametrize("C,H,W", [(3, 5, 5), (2, 3, 4), (4, 1, 7)])
+def test_global_avgpool_is_avgpool_with_a_window_the_size_of_the_input(C, H, W):
+    rng = np.random.default_rng(0)
+    layer, _ = make("global_avgpool", {}, (C, H, W), rng)
+    x = rng.standard_normal((2, C, H, W))
+    y, dy, dx = forward_backward(layer, x, rng)
+    args = ((H, W), (1, 1), ((0, 0), (0, 0)))
+    assert_close(y, ref.avgpool2d_forward(x, *args)[:, :, 0, 0], f"global_avgpool x{x.shape} y")
+    assert_close(dx, ref.avgpool2d_backward(dy[:, :, None, None], x, *args), f"global_avgpool x{x.shape} dx")
+
+
+BATCHNORM_CASES = [
+    # (kwargs, input shape without batch, batch size): (C, H, W) after a conv, (D,) after a dense layer
+    ({}, (3, 5, 5), 2),
+    ({"momentum": 0.3}, (2, 3, 3), 2),
+    ({"eps": 1e-3}, (6, 4, 3), 2),
+    ({}, (6,), 4),
+    ({"momentum": 0.5, "eps": 1e-3}, (5,), 3),
+    ({}, (4,), 2),
+]
+
+
+@pytest.mark.parametrize("kwargs,in_shape,N", BATCHNORM_CASES)
+def test_batchnorm_matches_reference(kwargs, in_shape, N):
+    rng = np.random.default_rng(0)
+    layer, _ = make("batchnorm", kwargs, in_shape, rng)
+    C = in_shape[0]
+    running_mean, running_var = rng.standard_normal(C), rng.uniform(0.5, 2, C)
+    layer.buffers = {"running_mean": running_mean.copy(), "running_var": running_var.copy()}
+    gamma, beta = layer.params["gamma"], layer.params["beta"]
+    x = 2 + 3 * rng.standard_normal((N, *in_shape))
+    what = f"batchnorm {kwargs} x{x.shape}"
+
+    y, dy, dx = forward_backward(layer, x, rng)
+    y_ref, cache = ref.batchnorm_forward(x, gamma, beta, layer.eps)
+    assert_close(y, y_ref, f"{what} y")
+    dx_ref, dgamma_ref, dbeta_ref = ref.batchnorm_backward(dy, cache)
+    assert_close(dx, dx_ref, f"{what} dx")
+    assert_close(layer.grads["gamma"], dgamma_ref, f"{what} dgamma")
+    assert_close(layer.grads["beta"], dbeta_ref, f"{what} dbeta")
+
+    # running = (1 - momentum) * running + momentum * batch statistic, the variance unbiased
+    axes = (0,) if x.ndim == 2 else (0, 2, 3)
+    momentum = layer.momentum
+    assert_close(layer.buffers["running_mean"], (1 - momentum) * running_mean + momentum * x.mean(axis=axes),
+                 f"{what} running_mean")
+    assert_close(layer.buffers["running_var"], (1 - momentum) * running_var + momentum * x.var(axis=axes, ddof=1),
+                 f"{what} running_var")
+
+    buffers = {key: value.copy() for key, value in layer.buffers.items()}
+    x_eval = rng.standard_normal(x.shape)
+    y_eval = layer.forward(x_eval, training=False)
+    expected = ref.batchnorm_inference(x_eval, gamma, beta, buffers["running_mean"], buffers["running_var"],
+                                       layer.eps)
+    assert_close(y_eval, expected, f"{what} y in evaluation")
+    for key, value in buffers.items():
+        assert_close(layer.buffers[key], value, f"{what} {key} after evaluation (must not move)", tol=0)
+
+
+SPP_CASES = [
+    # (levels, built (C, H, W), forward (H, W))
+    ([1, 2, 3], (3, 7, 5), (7, 5)),
+    ([1, 2, 3], (3, 7, 5), (9, 12)),  # a size other than the built one
+    ([1, 2, 4], (2, 8, 8), (8, 8)),  # bins tile
+    ([2, 3], (2, 5, 5), (5, 5)),  # neighbouring bins share rows and columns
+]
+
+
+@pytest.mark.parametrize("mode,ties", [("max", False), ("max", True), ("avg", False)])
+@pytest.mark.parametrize("levels,in_shape,hw", SPP_CASES)
+def test_spp_matches_reference(levels, in_shape, hw, mode, ties):
+    rng = np.random.default_rng(0)
+    layer, out_shape = make("spp", {"levels": levels, "mode": mode}, in_shape, rng)
+    assert out_shape == (in_shape[0] * sum(n * n for n in levels),)
+    x = sample(rng, (2, in_shape[0], *hw), ties)
+    what = f"spp {levels} {mode} x{x.shape} ties={ties}"
+    y, dy, dx = forward_backward(layer, x, rng)
+    assert_close(y, ref.spp_forward(x, levels, mode), f"{what} y")
+    assert_close(layer.forward(x, training=False), y, f"{what} y in evaluation")
+    assert_close(dx, ref.spp_backward(dy, x, levels, mode), f"{what} dx")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 
 import numpy as np
@@ -188,8 +189,63 @@ def plot_grad_norms(run_dir) -> Path:
     return run_dir / "grad_norms.png"
 
 
-def plot_surface(name, fn, paths: dict, path, animate: bool = False) -> Path:
-    """Contours of a 2-D function with each optimizer's path, and f against the step; .gif animates it."""
+RUNAWAY = 100.0  # a path whose |f| exceeds this many times the contour panel's largest |f| has run off
+
+
+def value_axis(values: dict, region_f) -> dict:
+    """How the value-against-step panel shows `values` ({label: f along the path}): y scale, ticks, label.
+
+    All values > 0: 'log'. A path that runs away (|f| > RUNAWAY * the largest |f| over the contour
+    panel, `region_f`) would flatten every other curve on a linear axis, so the axis becomes 'symlog':
+    linear within the contour panel's range of f, logarithmic beyond it. Otherwise 'linear'.
+    Returns {scale, linthresh, ticks, label, runaway: {label: the last finite f of each path that ran away}}.
+    """
+    finite = {label: v[np.isfinite(v)] for label, v in values.items()}
+    every = np.concatenate(list(finite.values())) if finite else np.zeros(0)
+    axis = {"scale": "linear", "linthresh": None, "ticks": None, "label": "f(x, y)", "runaway": {}}
+    if every.size and every.min() > 0:
+        return {**axis, "scale": "log", "label": "f(x, y) (log scale)"}
+    region = np.asarray(region_f, dtype=np.float64)
+    region = region[np.isfinite(region)]
+    bound = float(np.abs(region).max()) if region.size else 0.0
+    bound = float(f"{bound:.2g}") if bound > 0 else 1.0  # two digits: the grid misses the exact extremes
+    runaway = {label: float(v[-1]) for label, v in finite.items() if v.size and np.abs(v).max() > RUNAWAY * bound}
+    if not runaway:
+        return axis
+    return {"scale": "symlog", "linthresh": bound, "ticks": symlog_ticks(bound, every.min(), every.max()),
+            "label": f"f(x, y) (symlog: linear within \u00b1{bound:.3g}, log beyond)", "runaway": runaway}
+
+
+def symlog_ticks(linthresh: float, low: float, high: float) -> list[float]:
+    """Ticks for a symlog axis over [low, high]: a few round values within +-linthresh, then powers of 10."""
+    from matplotlib.ticker import MaxNLocator
+
+    edge = linthresh * (1 + 1e-9)  # the locator's ticks carry rounding errors
+    inner = [float(t) for t in MaxNLocator(nbins=4, steps=[1, 2, 2.5, 5, 10]).tick_values(-linthresh, linthresh)
+             if abs(t) <= edge]
+    top = max(-low, high)
+    first = math.ceil(math.log10(3 * linthresh))  # half a decade clear of the last linear tick
+    last = math.ceil(math.log10(top)) if top > linthresh else first - 1
+    powers = [10.0**k for k in range(first, last + 1)]
+    outer = [t for t in powers if high > linthresh] + [-t for t in powers if low < -linthresh]
+    return sorted(inner + outer)
+
+
+def _symlog_label(value, _pos=None) -> str:
+    """'2', '-0.5' within the linear part; '$-10^{5}$' for the powers of 10 beyond it."""
+    if abs(value) >= 100 and math.log10(abs(value)).is_integer():
+        return f"${'-' if value < 0 else ''}10^{{{round(math.log10(abs(value)))}}}$"
+    return f"{value:g}".replace("-", "\u2212")  # the minus sign matplotlib's own labels use
+
+
+def first_outside(p: np.ndarray, xlim, ylim) -> int | None:
+    """The first step at which path p is outside the plotted region, or None if it stays in."""
+    outside = (p[:, 0] < xlim[0]) | (p[:, 0] > xlim[1]) | (p[:, 1] < ylim[0]) | (p[:, 1] > ylim[1])
+    return int(np.argmax(outside)) if outside.any() else None
+
+
+def surface_figure(name, fn, paths: dict):
+    """The surface figure, unsaved: (fig, contour axes, value axes, [(line, dot, curve)] per path, values)."""
     plt = _pyplot()
     xs = np.linspace(*fn.xlim, 300)
     ys = np.linspace(*fn.ylim, 300)
@@ -203,24 +259,47 @@ def plot_surface(name, fn, paths: dict, path, animate: bool = False) -> Path:
         ax.contour(X, Y, Z, levels=levels, cmap="viridis", linewidths=0.6, norm=LogNorm())
     else:
         ax.contour(X, Y, Z, levels=30, cmap="viridis", linewidths=0.6)
-    lines, dots, curves = [], [], []
+    artists = []
     values = {k: fn.f(p[:, 0], p[:, 1]) for k, p in paths.items()}
     for i, (label, p) in enumerate(paths.items()):
         color = f"C{i % 10}"
-        (line,) = ax.plot(p[:, 0], p[:, 1], "-", color=color, lw=1.5, label=label)
+        left = first_outside(p, fn.xlim, fn.ylim)
+        shown = label if left is None else f"{label}, leaves the plot at step {left}"
+        (line,) = ax.plot(p[:, 0], p[:, 1], "-", color=color, lw=1.5, label=shown)
         (dot,) = ax.plot(p[-1:, 0], p[-1:, 1], "o", color=color, ms=5)
         (curve,) = ax2.plot(np.arange(len(p)), values[label], color=color, lw=1.5, label=label)
-        lines.append(line), dots.append(dot), curves.append(curve)
+        artists.append((line, dot, curve))
     start = next(iter(paths.values()))[0]
     ax.plot(*start, "k*", ms=10, label="start")
     ax.set(xlim=fn.xlim, ylim=fn.ylim, xlabel="x", ylabel="y", title=f"{name}: {fn.about}")
     ax.title.set_fontsize(9)
     ax.legend(fontsize=8, loc="best")
-    positive = all(np.nanmin(v) > 0 for v in values.values())
-    ax2.set(xlabel="step", ylabel="f(x, y)" + (" (log scale)" if positive else ""), title="value against step",
-            yscale="log" if positive else "linear")
+    axis = value_axis(values, Z)
+    ax2.set(xlabel="step", ylabel=axis["label"], title="value against step")
+    if axis["scale"] == "symlog":
+        from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+        # linscale 2: the contour panel's range of f gets the room of two decades, so tame curves stay readable
+        ax2.set_yscale("symlog", linthresh=axis["linthresh"], linscale=2)
+        ax2.yaxis.set_major_locator(FixedLocator(axis["ticks"]))
+        ax2.yaxis.set_major_formatter(FuncFormatter(_symlog_label))
+        ax2.yaxis.set_minor_locator(NullLocator())
+        ax2.axhspan(-axis["linthresh"], axis["linthresh"], color="0.5", alpha=0.08, lw=0)
+        ends = "; ".join(f"{label} reaches f = {end:.3g}" for label, end in axis["runaway"].items())
+        ax2.text(0.02, 0.02, f"runs away: {ends}\nshaded: the range of f in the contour panel",
+                 transform=ax2.transAxes, fontsize=8, va="bottom",
+                 bbox={"boxstyle": "round", "fc": "white", "ec": "0.7", "alpha": 0.9})
+    else:
+        ax2.set_yscale(axis["scale"])
     ax2.grid(alpha=0.3)
     fig.tight_layout()
+    return fig, ax, ax2, artists, values
+
+
+def plot_surface(name, fn, paths: dict, path, animate: bool = False) -> Path:
+    """Contours of a 2-D function with each optimizer's path, and f against the step; .gif animates it."""
+    plt = _pyplot()
+    fig, _, _, artists, values = surface_figure(name, fn, paths)
     if not animate:
         _save(fig, path)
         plt.close(fig)
@@ -231,12 +310,12 @@ def plot_surface(name, fn, paths: dict, path, animate: bool = False) -> Path:
     frames = np.unique(np.linspace(1, longest, min(longest, 60)).astype(int))
 
     def update(n):
-        for line, dot, curve, (label, p) in zip(lines, dots, curves, paths.items()):
+        for (line, dot, curve), (label, p) in zip(artists, paths.items()):
             k = min(n, len(p))
             line.set_data(p[:k, 0], p[:k, 1])
             dot.set_data(p[k - 1 : k, 0], p[k - 1 : k, 1])
             curve.set_data(np.arange(k), values[label][:k])
-        return lines + dots + curves
+        return [a for trio in artists for a in trio]
 
     anim = FuncAnimation(fig, update, frames=frames, blit=False)
     tmp = Path(path).with_name(f".{Path(path).name}.tmp.gif")

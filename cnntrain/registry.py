@@ -25,6 +25,15 @@ def accepted_kwargs(obj: Callable) -> list[str] | None:
     return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
+def required_kwargs(obj: Callable) -> list[str]:
+    """The parameters of `obj` that have no default, in signature order (honours a class's __signature__)."""
+    try:
+        params = inspect.signature(obj).parameters.values()
+    except (TypeError, ValueError):  # no introspectable signature: let the call itself decide
+        return []
+    return [p.name for p in params if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+
 # Every module that registers something; imported on the first lookup, so a registry is
 # complete whatever was imported first, and `cnntrain --help` need not import NumPy.
 COMPONENT_MODULES = ("cnntrain.init", "cnntrain.layers", "cnntrain.losses", "cnntrain.optim",
@@ -94,6 +103,11 @@ class Registry:
                         f"{at}{key}: unknown option for {self.kind} '{name}'"
                         f"{did_you_mean(key, allowed)}; options: {', '.join(allowed) or 'none'}"
                     )
+        # Checked here, not left to the call: Python's "missing 1 required positional argument" names no key path.
+        missing = [key for key in required_kwargs(cls) if key not in kwargs]
+        if missing:
+            also = f" (also missing: {', '.join(missing[1:])})" if missing[1:] else ""
+            raise ConfigError(f"{at}{missing[0]}: required{also}")
         try:
             return cls(**kwargs)
         except (TypeError, ValueError) as exc:

@@ -331,9 +331,49 @@ def test_incomplete_folder_in_the_way_of_extraction_is_named(home, cache):
 def test_download_off_says_what_to_put_where(home):
     with pytest.raises(RunError, match=re.escape(
             "cifar10: missing cifar-10-batches-bin/ (data_batch_1.bin..data_batch_5.bin, test_batch.bin) or "
-            f"cifar-10-binary.tar.gz; put one of them in {home / 'data' / 'cifar10'}/ "
+            f"cifar-10-binary.tar.gz; put one of them in {home / 'cache' / 'cnntrain' / 'cifar10'}/ "
             "(or set data.root / CNNTRAIN_DATA); downloads are off (data.download: false)")):
-        cifar.cifar10(root=str(home / "data"), download=False)
+        cifar.cifar10(download=False)
+
+
+def fill_search_path(home, monkeypatch, batches):
+    """Batches in $CNNTRAIN_DATA and the cache, and the archive in the system folder: all must be ignored."""
+    monkeypatch.setenv("CNNTRAIN_DATA", str(home / "shared"))
+    write_folder(home / "shared" / "cifar-10-batches-bin", batches)
+    write_folder(home / "cache" / "cnntrain" / "cifar10" / "cifar-10-batches-bin", batches)
+    (home / "system" / "cifar10").mkdir(parents=True)
+    (home / "system" / "cifar10" / ARCHIVE).write_bytes(archive_bytes(batches))
+
+
+@pytest.mark.parametrize("exists", [True, False], ids=["empty-root", "missing-root"])
+def test_root_without_the_batches_never_falls_back_to_the_search_path(home, monkeypatch, exists):
+    fill_search_path(home, monkeypatch, make_batches(np.random.default_rng(0)))
+    root = home / "mount"
+    if exists:
+        root.mkdir()
+    with pytest.raises(RunError) as info:
+        cifar.cifar10(root=str(root), download=False)
+    assert str(info.value) == (
+        "cifar10: missing cifar-10-batches-bin/ (data_batch_1.bin..data_batch_5.bin, test_batch.bin) or "
+        f"cifar-10-binary.tar.gz in data.root {root}; put one of them in {root / 'cifar10'}/ "
+        "(only data.root is searched when it is set); downloads are off (data.download: false)")
+    assert (list(root.iterdir()) == []) if exists else not root.exists()
+
+
+def test_root_without_the_batches_downloads_and_extracts_into_the_root(home, cache, monkeypatch, server):
+    fill_search_path(home, monkeypatch, make_batches(np.random.default_rng(1)))
+    batches = make_batches(np.random.default_rng(0))
+    body = archive_bytes(batches)
+    server.routes[f"/mirror/{ARCHIVE}"] = body
+    monkeypatch.setattr(cifar, "CIFAR10_ARCHIVE", (ARCHIVE, md5(body)))
+    monkeypatch.setattr(cifar, "CIFAR10_MIRRORS", (f"{server.url}/mirror/",))
+    root = home / "mount"
+    assert_same(cifar.cifar10(root=str(root)), batches)
+    assert server.requests == [f"/mirror/{ARCHIVE}"]
+    assert sorted(p.name for p in (root / "cifar10").iterdir()) == sorted([ARCHIVE, "cifar-10-batches-bin"])
+    assert [p.name for p in cache.iterdir()] == ["cifar-10-batches-bin"], "nothing new belongs in the cache"
+    assert_same(cifar.cifar10(root=str(root), download=False), batches)
+    assert len(server.requests) == 1
 
 
 def test_no_network_and_no_files_names_the_cache_folder_and_the_failure(home, cache):

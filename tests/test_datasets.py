@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +23,8 @@ from cnntrain.errors import RunError
 from cnntrain.registry import DATASETS
 
 UNREACHABLE = "http://127.0.0.1:1/"  # nothing listens on port 1: connection refused at once
+# The real datasets (conftest points CNNTRAIN_DATA at ../shared/datasets); read before `home` unsets it.
+SHARED = Path(os.environ.get("CNNTRAIN_DATA", "").split(os.pathsep)[0] or "../shared/datasets")
 N_TRAIN, N_TEST = 12, 6
 
 
@@ -91,8 +95,8 @@ def assert_same(ds, arrays):
 def test_search_dirs_order_and_cache_dir(home, monkeypatch):
     monkeypatch.setenv("CNNTRAIN_DATA", str(home / "env"))
     assert datasets.cache_dir() == home / "cache" / "cnntrain"
-    assert datasets.search_dirs(str(home / "root")) == [
-        home / "root", home / "env", home / "cache" / "cnntrain", home / "system"]
+    assert datasets.search_dirs(None) == [home / "env", home / "cache" / "cnntrain", home / "system"]
+    assert datasets.search_dirs(str(home / "root")) == [home / "root"], "a given root is the only place looked in"
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert datasets.cache_dir() == home / "home" / ".cache" / "cnntrain"
     assert datasets.search_dirs(None)[0] == home / "env"
@@ -114,13 +118,61 @@ def test_found_via_cnntrain_data_uncompressed(home, monkeypatch):
     assert_same(datasets.mnist(download=False), arrays)
 
 
-def test_root_is_searched_before_cnntrain_data(home, monkeypatch):
+def test_root_with_the_files_is_used_not_cnntrain_data(home, monkeypatch):
     rng = np.random.default_rng(0)
     mine, shared = make_arrays(rng), make_arrays(rng)
     write_dataset(home / "mine" / "mnist", mine)
     write_dataset(home / "shared" / "mnist", shared)
     monkeypatch.setenv("CNNTRAIN_DATA", str(home / "shared"))
     assert_same(datasets.mnist(root=str(home / "mine"), download=False), mine)
+
+
+def fill_search_path(home, monkeypatch, spec, arrays):
+    """A complete copy of the dataset in each of $CNNTRAIN_DATA, the cache and the system folder."""
+    monkeypatch.setenv("CNNTRAIN_DATA", str(home / "shared"))
+    for base in (home / "shared", home / "cache" / "cnntrain", home / "system"):
+        write_dataset(base / spec.folders[0], arrays)
+
+
+@pytest.mark.parametrize("name,spec", [("mnist", datasets.MNIST), ("fashion_mnist", datasets.FASHION_MNIST)])
+@pytest.mark.parametrize("exists", [True, False], ids=["empty-root", "missing-root"])
+def test_root_without_the_files_never_falls_back_to_the_search_path(home, monkeypatch, name, spec, exists):
+    fill_search_path(home, monkeypatch, spec, make_arrays(np.random.default_rng(0)))
+    root = home / "mount"
+    if exists:
+        (root / spec.folders[0]).mkdir(parents=True)  # an empty dataset folder: a mount that did not happen
+    with pytest.raises(RunError) as info:
+        DATASETS.get(name)(root=str(root), download=False)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{name}: missing {', '.join(f'{n}.gz' for n in IDX_FILES)} in data.root {root}; ")
+    assert f"put them (gzipped or not) in {root / spec.folders[0]}/ (only data.root is searched when it is set)" \
+        in message, message
+    assert message.endswith("downloads are off (data.download: false)"), message
+    assert not (root.exists() and not exists), "nothing may be created in a root when downloads are off"
+
+
+def test_root_without_the_files_downloads_into_the_root(home, monkeypatch, server):
+    arrays = make_arrays(np.random.default_rng(0))
+    fill_search_path(home, monkeypatch, datasets.MNIST, make_arrays(np.random.default_rng(1)))
+    cache_before = sorted(p.name for p in (home / "cache" / "cnntrain" / "mnist").iterdir())
+    use_spec(monkeypatch, mirrors=(serve(server, "good", arrays),),
+             md5={name: (md5(gz_bytes(a)),) for name, a in arrays.items()})
+    assert_same(datasets.mnist(root=str(home / "mount")), arrays)
+    assert sorted(server.requests) == sorted(f"/good/{n}.gz" for n in IDX_FILES)
+    assert sorted(p.name for p in (home / "mount" / "mnist").iterdir()) == sorted(f"{n}.gz" for n in IDX_FILES)
+    assert sorted(p.name for p in (home / "cache" / "cnntrain" / "mnist").iterdir()) == cache_before
+    assert_same(datasets.mnist(root=str(home / "mount"), download=False), arrays)
+    assert len(server.requests) == 4, "the files in the root were downloaded again"
+
+
+def test_root_without_the_files_and_no_mirror_names_the_root_and_the_failure(home, monkeypatch):
+    fill_search_path(home, monkeypatch, datasets.MNIST, make_arrays(np.random.default_rng(0)))
+    with pytest.raises(RunError) as info:
+        datasets.mnist(root=str(home / "mount"))
+    message = str(info.value)
+    assert f"missing {TRAIN_IMAGES}.gz, " in message and f" in data.root {home / 'mount'}; " in message, message
+    assert re.search(r"download failed: http://127\.0\.0\.1:1/train-images-idx3-ubyte\.gz: .*refused", message)
 
 
 def test_fashion_mnist_in_the_debian_system_folder(home):
@@ -216,7 +268,7 @@ def test_recompressed_file_is_accepted_by_its_decompressed_md5(home, monkeypatch
     use_spec(monkeypatch, mirrors=(base,), md5=digests)
     if accept_decompressed:
         assert_same(datasets.mnist(), arrays)
-    else:  # Fashion-MNIST's case: only the published .gz md5 is known
+    else:  # only the published .gz md5 is known: a re-compressed copy cannot be told from a corrupt one
         with pytest.raises(RunError, match="checksum mismatch"):
             datasets.mnist()
 
@@ -237,8 +289,9 @@ def test_download_off_names_the_missing_files_and_root_folder(home):
     arrays = make_arrays(np.random.default_rng(0))
     write_dataset(home / "data" / "mnist", {n: arrays[n] for n in (TRAIN_IMAGES, TRAIN_LABELS)})
     with pytest.raises(RunError, match=re.escape(
-            f"mnist: missing t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz; put them (gzipped or not) in "
-            f"{home / 'data' / 'mnist'}/ (or set data.root / CNNTRAIN_DATA); downloads are off")):
+            f"mnist: missing t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz in data.root {home / 'data'}; "
+            f"put them (gzipped or not) in {home / 'data' / 'mnist'}/ (only data.root is searched when it is set); "
+            "downloads are off")):
         datasets.mnist(root=str(home / "data"), download=False)
 
 
@@ -250,3 +303,34 @@ def test_corrupt_local_file_is_a_run_error_naming_it(home):
     with pytest.raises(RunError, match=re.escape(f"{path}: truncated gzip stream")):
         datasets.mnist(root=str(home), download=False)
     assert read_idx(home / "mnist" / f"{TRAIN_LABELS}.gz").shape == (N_TRAIN,)
+
+
+def readme_checksums(folder) -> dict[str, tuple[str, str]]:
+    """IDX name -> (md5 of the .gz, md5 of the decompressed IDX), from the table in the shared README."""
+    rows = re.findall(r"^\| (\S+)\.gz \|[^|]*\| ([0-9a-f]{32}) \| ([0-9a-f]{32}) \|$",
+                      (folder / "README.md").read_text(), re.MULTILINE)
+    return {name: (gz, raw) for name, gz, raw in rows}
+
+
+@pytest.mark.parametrize("spec", [datasets.MNIST, datasets.FASHION_MNIST], ids=["mnist", "fashion_mnist"])
+def test_shared_copies_match_their_readme_and_the_spec_accepts_them(spec):
+    folder = SHARED / spec.folders[0]
+    assert (folder / "README.md").is_file(), f"{folder} is missing: point CNNTRAIN_DATA at ../shared/datasets"
+    sums = readme_checksums(folder)
+    assert sorted(sums) == sorted(IDX_FILES), sums
+    for name, (gz, raw) in sums.items():
+        data = (folder / f"{name}.gz").read_bytes()
+        assert md5(data) == gz, f"{name}.gz differs from its README"
+        assert md5(gzip.decompress(data)) == raw, f"{name}: decompressed bytes differ from the README"
+        assert gz in spec.md5[name] or raw in spec.md5[name], f"{spec.name}.md5[{name}] accepts neither {gz} nor {raw}"
+
+
+def test_a_recompressed_fashion_mnist_mirror_is_accepted_and_lands_in_the_root(home, server):
+    """The shared (Debian, re-compressed) Fashion-MNIST served as data.mirror passes the real spec's checksums."""
+    folder = SHARED / "fashion-mnist"
+    for name in IDX_FILES:
+        server.routes[f"/fm/{name}.gz"] = (folder / f"{name}.gz").read_bytes()
+    ds = datasets.fashion_mnist(root=str(home / "data"), mirror=f"{server.url}/fm/")
+    assert ds.train_x.shape == (60000, 1, 28, 28) and ds.test_x.shape == (10000, 1, 28, 28)
+    assert sorted(server.requests) == sorted(f"/fm/{n}.gz" for n in IDX_FILES)
+    assert sorted(p.name for p in (home / "data" / "fashion-mnist").iterdir()) == sorted(f"{n}.gz" for n in IDX_FILES)

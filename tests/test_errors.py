@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,6 +168,28 @@ def test_bad_dataset_files_exit_1_naming_the_file(tmp_path, damage, fragment):
     assert {p: p.read_bytes() for p in root.iterdir()} == before, "the dataset files were touched"
 
 
+@pytest.mark.parametrize("dataset", ["mnist", "fashion_mnist"])
+def test_empty_data_root_exits_1_naming_it_even_when_cnntrain_data_has_the_files(tmp_path, monkeypatch, dataset):
+    spec = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FASHION_MNIST}[dataset]
+    shared = os.environ.get("CNNTRAIN_DATA", "").split(os.pathsep)[0]
+    assert (Path(shared) / spec.folders[0] / "train-images-idx3-ubyte.gz").is_file(), \
+        f"the real {dataset} must be on CNNTRAIN_DATA for this test to mean anything"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    root = tmp_path / "mount"
+    root.mkdir()
+    path = tmp_path / "exp.yaml"
+    path.write_text(GOOD)
+    result = CliRunner().invoke(cli, ["run", str(path), "--runs-dir", str(tmp_path / "runs"),
+                                      f"--set=data.dataset={dataset}", f"--set=data.root={root}"])
+    assert result.exit_code == 1, result.output
+    (line,) = result.output.strip().splitlines()
+    files = ", ".join(f"{name}.gz" for name in datasets.IDX_FILES)
+    assert f"{dataset}: missing {files} in data.root {root}; " in line, line
+    assert "downloads are off" in line and "Traceback" not in line, line
+    assert list(root.iterdir()) == [] and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.slow
 def test_checkpoint_that_does_not_fit_its_config(tmp_path):
     from cnntrain.runs import load_checkpoint, save_checkpoint
 

@@ -1,4 +1,4 @@
-"""CIFAR-10, binary version: the extracted batches or the archive from the data search path, or a download.
+"""CIFAR-10, binary version: the extracted batches or the archive from data.root or the search path, or a download.
 
 A batch file is a run of 3073-byte records: one label byte (0..9), then 1024 red, 1024 green and
 1024 blue bytes, each a 32x32 image row-major, so a record is already in (C, H, W) order.
@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import RunError
 from ..registry import DATASETS
-from .datasets import CHUNK, Dataset, DownloadError, cache_dir, download_file, search_dirs
+from .datasets import CHUNK, Dataset, DownloadError, cache_dir, download_file, search_dirs, search_hint
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR10_ARCHIVE = ("cifar-10-binary.tar.gz", "c32a1d4ab5d03f1284b67883e8d87530")  # (file name, md5 as published)
@@ -165,9 +165,10 @@ def obtain_batches(root: str | None, download: bool, mirror: str | None, log) ->
         except DownloadError as exc:
             reason = f"download failed: {exc}"
     if archive is None:
+        at = f" in data.root {Path(root).expanduser()}" if root else ""
         raise RunError(f"cifar10: missing {BATCHES_DIR}/ ({TRAIN_BATCHES[0]}..{TRAIN_BATCHES[-1]}, {TEST_BATCH}) "
-                       f"or {CIFAR10_ARCHIVE[0]}; put one of them in {folder}{os.sep} "
-                       f"(or set data.root / CNNTRAIN_DATA); {reason}")
+                       f"or {CIFAR10_ARCHIVE[0]}{at}; put one of them in {folder}{os.sep} {search_hint(root)}; "
+                       f"{reason}")
     return extract_archive(archive, folder, owned, log)
 
 

@@ -1,6 +1,7 @@
 """Find datasets on the data search path, or download them (md5-verified) into the cache; the image_folder dataset.
 
-Search order: data.root, $CNNTRAIN_DATA, the cache dir, /usr/share/datasets (Debian's dataset-* packages).
+Search order: data.root alone when it is given (a wrong root must fail, not fall back to other data);
+otherwise $CNNTRAIN_DATA, the cache dir, /usr/share/datasets (Debian's dataset-* packages).
 """
 
 from __future__ import annotations
@@ -80,11 +81,11 @@ FASHION_MNIST = IdxSpec(
     classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
              "Ankle boot"),
     mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
-    md5={
-        TRAIN_IMAGES: ("8d4fb7e6c68d591d4c3dfef9ec88bf0d",),
-        TRAIN_LABELS: ("25c81989df183df01b3e8a0aad5dffbe",),
-        TEST_IMAGES: ("bef4ecab320f06d8554ea6380940ec79",),
-        TEST_LABELS: ("bb300cfdad3c16e7a12a480ee83cd310",),
+    md5={  # (.gz as published, decompressed): Debian's dataset-fashion-mnist re-compressed the .gz files
+        TRAIN_IMAGES: ("8d4fb7e6c68d591d4c3dfef9ec88bf0d", "f4a8712d7a061bf5bd6d2ca38dc4d50a"),
+        TRAIN_LABELS: ("25c81989df183df01b3e8a0aad5dffbe", "9018921c3c673c538a1fc5bad174d6f9"),
+        TEST_IMAGES: ("bef4ecab320f06d8554ea6380940ec79", "8181f5470baa50b63fa0f6fddb340f0a"),
+        TEST_LABELS: ("bb300cfdad3c16e7a12a480ee83cd310", "15d484375f8d13e6eb1aabb0c3f46965"),
     },
 )
 
@@ -96,10 +97,16 @@ def cache_dir() -> Path:
 
 
 def search_dirs(root: str | None) -> list[Path]:
-    """Folders searched for datasets, in order: root, $CNNTRAIN_DATA (os.pathsep-separated), cache, system."""
-    dirs = [Path(root).expanduser()] if root else []
-    dirs += [Path(p).expanduser() for p in os.environ.get("CNNTRAIN_DATA", "").split(os.pathsep) if p]
+    """Folders searched for datasets: [root] when given, else $CNNTRAIN_DATA (os.pathsep-separated), cache, system."""
+    if root:
+        return [Path(root).expanduser()]
+    dirs = [Path(p).expanduser() for p in os.environ.get("CNNTRAIN_DATA", "").split(os.pathsep) if p]
     return dirs + [cache_dir(), SYSTEM_DATA_DIR]
+
+
+def search_hint(root: str | None) -> str:
+    """What a missing-data message says after the folder to fill: where else the files may go."""
+    return "(only data.root is searched when it is set)" if root else "(or set data.root / CNNTRAIN_DATA)"
 
 
 def candidate_folders(spec: IdxSpec, root: str | None) -> list[Path]:
@@ -234,8 +241,9 @@ def fetch_missing(spec: IdxSpec, root: str | None, download: bool, mirror: str |
         missing.pop(0)
     if missing:
         files = ", ".join(f"{name}.gz" for name in missing)
-        raise RunError(f"{spec.name}: missing {files}; put them (gzipped or not) in {folder}{os.sep} "
-                       f"(or set data.root / CNNTRAIN_DATA); {reason}")
+        at = f" in data.root {Path(root).expanduser()}" if root else ""
+        raise RunError(f"{spec.name}: missing {files}{at}; put them (gzipped or not) in {folder}{os.sep} "
+                       f"{search_hint(root)}; {reason}")
     return paths
 
 

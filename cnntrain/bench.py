@@ -8,8 +8,8 @@ import time
 
 import numpy as np
 
-from .config import Config
-from .experiment import build_network, build_optimizer, build_penalty, static_input_shape
+from .build import Experiment
+from .data.splits import static_input_shape
 
 
 def peak_rss_mb() -> float:
@@ -18,16 +18,17 @@ def peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
-def benchmark(cfg: Config, batch_size: int | None = None, steps: int = 50, warmup: int = 5) -> dict:
+def benchmark(exp: Experiment, batch_size: int | None = None, steps: int = 50, warmup: int = 5) -> dict:
     """Images/s of full training steps (forward, loss, backward, optimizer) and of inference.
 
     Random float32 inputs of the configured shape (data loading excluded); per-layer forward and
     backward seconds are measured in the same timed steps.
     """
+    cfg = exp.cfg
     in_shape = static_input_shape(cfg)
     dataset_classes = 2 if cfg.loss == "binary_cross_entropy" else None
-    model, loss = build_network(cfg, in_shape, dataset_classes)
-    optimizer, penalty = build_optimizer(cfg), build_penalty(cfg, model)
+    model, loss = exp.network(in_shape, dataset_classes), exp.loss
+    optimizer, penalty = exp.optimizer(), exp.penalty(model)
     batch = batch_size or (cfg.train.batch_size if isinstance(cfg.train.batch_size, int) else 64)
     rng = np.random.default_rng(cfg.seed)
     x = rng.standard_normal((batch, *in_shape)).astype(np.float32)
@@ -35,7 +36,7 @@ def benchmark(cfg: Config, batch_size: int | None = None, steps: int = 50, warmu
     y = rng.integers(0, 2 if n_out == 1 else n_out, batch)
     layers = model.layers
     fwd, bwd = np.zeros(len(layers)), np.zeros(len(layers))
-    lr = cfg.optimizer["lr"]
+    lr = cfg.optimizer.lr
 
     def train_step(profile):
         h = x

@@ -65,7 +65,7 @@ def run(config, overrides, name, runs_dir, print_config, resume_dir, grids, jobs
             if key.strip() != "train.epochs" or not value.strip().isdigit() or int(value) < 1:
                 raise click.UsageError(f"--resume allows only --set train.epochs=N (N >= 1), got --set {assignment}")
             epochs = int(value)
-        from .experiment import resume_run
+        from .session import resume_run
 
         _print_summary(resume_run(resume_dir, epochs, echo=echo))
         return
@@ -86,19 +86,15 @@ def run(config, overrides, name, runs_dir, print_config, resume_dir, grids, jobs
         write_json(group / "compare.json", table(load_runs([group])))
         click.echo(f"table: {group / 'compare.json'}")
         return
-    from .config import load_config
+    from .build import load_experiment
 
-    cfg = load_config(config, overrides)
-    if name is not None:
-        from .config import config_from_dict
-
-        cfg = config_from_dict({**cfg.to_dict(), "name": name}, cfg.source)
+    exp = load_experiment(config, overrides + ((f"name={json.dumps(name)}",) if name is not None else ()))
     if print_config:
-        click.echo(cfg.to_yaml(), nl=False)
+        click.echo(exp.cfg.to_yaml(), nl=False)
         return
-    from .experiment import train_from_config
+    from .session import train_from_config
 
-    _print_summary(train_from_config(cfg, runs_dir, echo=echo))
+    _print_summary(train_from_config(exp, runs_dir, echo=echo))
 
 
 def _print_summary(s: dict) -> None:
@@ -119,7 +115,7 @@ def eval_(target, split, as_json, batch_size):
     A run directory means its checkpoints/best.npz. The confusion matrix is also
     saved as a PNG beside the run.
     """
-    from .experiment import evaluate_checkpoint
+    from .inspection import evaluate_checkpoint
     from .plots import plot_confusion
 
     result = evaluate_checkpoint(target, split, batch_size, log=lambda line: click.echo(line, err=True))
@@ -152,10 +148,10 @@ def eval_(target, split, as_json, batch_size):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: a list of layers and a totals object.")
 def summary(config, overrides, as_json):
     """The network of CONFIG as a table: output shape, parameters, multiply-adds. No data, no training."""
-    from .config import load_config
-    from .experiment import summarize
+    from .build import load_experiment
+    from .inspection import summarize
 
-    s = summarize(load_config(config, overrides))
+    s = summarize(load_experiment(config, overrides))
     if as_json:
         click.echo(json.dumps({"layers": s["layers"], "totals": s["totals"], "input_shape": s["input_shape"]}))
         return
@@ -186,16 +182,17 @@ def schedule(config, overrides, as_csv, out):
     Reads the dataset only to count the training images. The values are those a
     run records in steps.csv.
     """
-    from .config import load_config
-    from .experiment import schedule_table
+    from .build import load_experiment
+    from .inspection import schedule_table
     from .plots import plot_schedule
     from .runs import format_value
 
-    cfg = load_config(config, overrides)
-    s = schedule_table(cfg, log=lambda line: click.echo(line, err=True))
+    exp = load_experiment(config, overrides)
+    cfg = exp.cfg
+    s = schedule_table(exp, log=lambda line: click.echo(line, err=True))
     table = s["table"]
     out = out or f"{cfg.name}-schedule.png"
-    plot_schedule(table, s["steps_per_epoch"], out, f"{cfg.name}: {cfg.schedule['name']} schedule")
+    plot_schedule(table, s["steps_per_epoch"], out, f"{cfg.name}: {cfg.schedule.name} schedule")
     if as_csv:
         columns = list(table)
         click.echo(",".join(columns))
@@ -222,9 +219,9 @@ def bench(config, overrides, batch_size, steps, as_json):
     OMP_NUM_THREADS / OPENBLAS_NUM_THREADS.
     """
     from .bench import benchmark
-    from .config import load_config
+    from .build import load_experiment
 
-    r = benchmark(load_config(config, overrides), batch_size, steps)
+    r = benchmark(load_experiment(config, overrides), batch_size, steps)
     if as_json:
         click.echo(json.dumps(r))
         return
@@ -355,12 +352,13 @@ def preview(config, overrides, count, epoch, out):
     the preprocessing (with the statistics fitted on the training split) and the range of the
     preprocessed batch, so a wrong crop, flip or normalisation shows before a run is spent on it.
     """
-    from .config import load_config
-    from .experiment import preview_batch
+    from .build import load_experiment
+    from .inspection import preview_batch
     from .plots import plot_preview
 
-    cfg = load_config(config, overrides)
-    p = preview_batch(cfg, count, epoch - 1, log=lambda line: click.echo(line, err=True))
+    exp = load_experiment(config, overrides)
+    cfg = exp.cfg
+    p = preview_batch(exp, count, epoch - 1, log=lambda line: click.echo(line, err=True))
     out = out or f"{cfg.name}-preview.png"
     plot_preview(p["raw"], p["augmented"], p["labels"], p["classes"], out,
                  f"{cfg.name}: epoch {epoch}, first batch ({p['batch_size']} images)")

@@ -3,6 +3,8 @@
 Every default is declared once, below, as a dataclass field with a comment; the
 README's config reference is written from these. Errors name the file and the
 key path: `configs/x.yaml: optimizer.lrr: unknown key (did you mean 'lr'?)`.
+Options of registered components (a layer's, an optimizer's) are checked when
+build.resolve() constructs them, once.
 """
 
 from __future__ import annotations
@@ -10,43 +12,16 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import re
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, ClassVar, Literal, Optional, Union
 
 import yaml
 
 from .errors import ConfigError
-from .registry import AUGMENTATIONS, DATASETS, LAYERS, LOSSES, OPTIMIZERS, PREPROCESS, SCHEDULES, did_you_mean
-
-
-class _Loader(yaml.SafeLoader):
-    """safe_load, but `1e-3` is a float as in YAML 1.2 (PyYAML's YAML 1.1 reads it as a string)."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-                   |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-                   |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-                   |[-+]?\.(?:inf|Inf|INF)
-                   |\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."),
-)
-
-
-def parse_yaml(text: str, source: str) -> Any:
-    """YAML text -> Python data with the safe loader; ConfigError naming `source` on any error."""
-    try:
-        return yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as exc:
-        where = ""
-        mark = getattr(exc, "problem_mark", None)
-        if mark is not None:
-            where = f"line {mark.line + 1}, column {mark.column + 1}: "
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{source}: {where}invalid YAML: {problem}") from None
+from .monitor import MONITORS
+from .registry import DATASETS, LAYERS, LOSSES, OPTIMIZERS, SCHEDULES, Registry, did_you_mean
+from .schema import apply_override, build_dataclass, parse_yaml, step_entry
 
 
 @dataclass
@@ -84,7 +59,6 @@ class ModelConfig:
     l2: float = 0.0                             # L2 penalty (l2/2)*||W||^2 on every weight W (not biases or batchnorm); a layer's own `l2:` overrides
 
 
-MONITORS = ("val_acc", "val_loss", "train_acc", "train_loss")
 
 
 @dataclass
@@ -113,17 +87,98 @@ class TrainConfig:
 
 
 @dataclass
+class NamedSection:
+    """A registered component chosen by name: `adam` or {name: adam, lr: ...}, written flat in YAML.
+
+    options holds the component's constructor options with every default filled in from its
+    signature, so the resolved config shows them all.
+    """
+
+    name: str
+    options: dict = field(default_factory=dict)
+
+    registry: ClassVar[Registry]
+    default_name: ClassVar[str]
+    own_keys: ClassVar[dict] = {}          # cnntrain's options of the section (not the component's), with defaults
+    hidden: ClassVar[tuple[str, ...]] = ()  # constructor options that cnntrain fills in itself
+
+    @classmethod
+    def from_data(cls, value, path: str):
+        if value is None:
+            value = {"name": cls.default_name}
+        if isinstance(value, str):
+            value = {"name": value}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a name or a mapping with 'name', got {value!r}")
+        value = dict(value)
+        name = value.pop("name", cls.default_name)
+        if not isinstance(name, str):
+            raise ConfigError(f"{path}.name: expected a string, got {name!r}")
+        params = [p for p in inspect.signature(cls.registry.get(name, f"{path}.name")).parameters.values()
+                  if p.name not in cls.hidden]
+        defaults = {p.name: list(p.default) if isinstance(p.default, tuple) else p.default
+                    for p in params if p.default is not inspect.Parameter.empty}
+        allowed = [p.name for p in params] + list(cls.own_keys)
+        for key in value:
+            if key not in allowed:
+                raise ConfigError(f"{path}.{key}: unknown option for {cls.registry.kind} '{name}'"
+                                  f"{did_you_mean(key, allowed)}; options: {', '.join(allowed)}")
+        own = {key: value.pop(key, default) for key, default in cls.own_keys.items()}
+        return cls(name=name, options={**defaults, **value}, **own)
+
+    def to_data(self) -> dict:
+        """The flat YAML form: {name, options..., own keys...}."""
+        own = {key: getattr(self, key) for key in self.own_keys}
+        return {"name": self.name, **self.options, **own}
+
+
+@dataclass
+class OptimizerConfig(NamedSection):
+    name: str = "adam"                    # registered optimizer: sgd, momentum, nesterov, adagrad, rmsprop, adam, adamw
+    options: dict = field(default_factory=dict)  # its options (lr, weight_decay, betas, ...), defaults filled in
+    lr_scaling: str = "none"              # `linear`: lr * batch_size / base_batch_size (Goyal et al., 2017)
+    base_batch_size: Optional[int] = None  # the batch size at which optimizer.lr is given, for lr_scaling: linear
+
+    registry: ClassVar[Registry] = OPTIMIZERS
+    default_name: ClassVar[str] = "adam"
+    own_keys: ClassVar[dict] = {"lr_scaling": "none", "base_batch_size": None}
+
+    @property
+    def lr(self) -> float:
+        return self.options["lr"]
+
+
+@dataclass
+class ScheduleConfig(NamedSection):
+    name: str = "constant"                # registered schedule: constant, step, multistep, exponential, ...
+    options: dict = field(default_factory=dict)  # its options (warmup_epochs, t_max, ...); its base lr is optimizer.lr
+
+    registry: ClassVar[Registry] = SCHEDULES
+    default_name: ClassVar[str] = "constant"
+    hidden: ClassVar[tuple[str, ...]] = ("lr",)
+
+
+@dataclass
+class MomentumScheduleConfig(NamedSection):
+    name: str = "constant"                # a registered schedule whose values are momenta
+    options: dict = field(default_factory=dict)  # its options; `lr` is the base momentum (default: start, else optimizer.momentum)
+
+    registry: ClassVar[Registry] = SCHEDULES
+    default_name: ClassVar[str] = "constant"
+
+
+@dataclass
 class Config:
     model: ModelConfig
     name: Optional[str] = None     # run name; default: the experiment file's name
     seed: int = 0                  # seeds initialisation, shuffling and dropout
     data: DataConfig = field(default_factory=DataConfig)
-    loss: Any = "softmax_cross_entropy"                                   # registered loss
-    optimizer: dict = field(default_factory=lambda: {"name": "adam"})     # {name, lr, weight_decay, ...options}
-    schedule: dict = field(default_factory=lambda: {"name": "constant"})  # {name, ...options}
+    loss: Any = "softmax_cross_entropy"                                 # registered loss
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)  # {name, lr, weight_decay, ...options}
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)      # {name, ...options}
     train: TrainConfig = field(default_factory=TrainConfig)
-    momentum_schedule: Optional[dict] = None  # for momentum/nesterov, e.g. {name: linear, start: 0.5, end: 0.99, duration: 5}
-    source: str = field(default="<config>", repr=False)                   # where it came from (not saved)
+    momentum_schedule: Optional[MomentumScheduleConfig] = None  # for momentum/nesterov, e.g. {name: linear, start: 0.5, end: 0.99, duration: 5}
+    source: str = field(default="<config>", repr=False, metadata={"internal": True})  # where it came from (not saved)
 
     @property
     def layer_specs(self) -> list[tuple[str, dict]]:
@@ -134,16 +189,8 @@ class Config:
     @property
     def layer_l2(self) -> list[float]:
         """The L2 coefficient of each layer's weights: its own `l2` option, else model.l2."""
-        out = []
-        for i, entry in enumerate(self.model.layers):
-            _, kwargs = layer_entry(entry, f"model.layers[{i}]")
-            out.append(kwargs.get("l2", self.model.l2))
-        return out
-
-    @property
-    def optimizer_kwargs(self) -> dict:
-        """The optimizer section as constructor kwargs (without name and cnntrain's own options)."""
-        return {k: v for k, v in self.optimizer.items() if k != "name" and k not in OPTIMIZER_EXTRAS}
+        return [layer_entry(entry, f"model.layers[{i}]")[1].get("l2", self.model.l2)
+                for i, entry in enumerate(self.model.layers)]
 
     def batch_size(self, n_train: int) -> int:
         return n_train if self.train.batch_size == "full" else min(self.train.batch_size, max(n_train, 1))
@@ -154,31 +201,23 @@ class Config:
 
     def base_lr(self, n_train: int) -> float:
         """optimizer.lr, scaled by batch_size / base_batch_size under lr_scaling: linear."""
-        lr = self.optimizer["lr"]
-        if self.optimizer["lr_scaling"] == "linear":
-            lr *= self.batch_size(n_train) / self.optimizer["base_batch_size"]
+        lr = self.optimizer.lr
+        if self.optimizer.lr_scaling == "linear":
+            lr *= self.batch_size(n_train) / self.optimizer.base_batch_size
         return lr
 
     def to_dict(self) -> dict:
-        out = dataclasses.asdict(self)
-        out.pop("source")
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.metadata.get("internal"):
+                continue
+            out[f.name] = value.to_data() if isinstance(value, NamedSection) else (
+                dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value)
         return out
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
-
-
-def step_entry(entry, where: str, kind: str) -> tuple[str, dict]:
-    """`relu` or `{conv2d: {filters: 8}}` -> ("conv2d", {"filters": 8}); kind names the entry: "a layer"."""
-    if isinstance(entry, str):
-        return entry, {}
-    if isinstance(entry, dict) and len(entry) == 1:
-        ((name, kwargs),) = entry.items()
-        kwargs = {} if kwargs is None else kwargs
-        if not isinstance(kwargs, dict):
-            raise ConfigError(f"{where}.{name}: expected a mapping of options, got {kwargs!r}")
-        return name, kwargs
-    raise ConfigError(f"{where}: expected {kind} name or {{name: {{options}}}}, got {entry!r}")
 
 
 def layer_entry(entry, where: str) -> tuple[str, dict]:
@@ -187,119 +226,14 @@ def layer_entry(entry, where: str) -> tuple[str, dict]:
     return name, kwargs
 
 
-def _type_name(tp) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Union:
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is Literal:
-        return " or ".join(repr(a) for a in typing.get_args(tp))
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list",
-            dict: "a mapping", type(None): "null"}.get(origin or tp, str(tp))
-
-
-def _check(value, tp, path: str):
-    """value if it matches the annotation tp (an int is a valid float); ConfigError otherwise."""
-    if tp is Any:
-        return value
-    if typing.get_origin(tp) is Union:
-        for option in typing.get_args(tp):
-            try:
-                return _check(value, option, path)
-            except ConfigError:
-                pass
-    elif typing.get_origin(tp) is Literal:
-        if value in typing.get_args(tp) and isinstance(value, str):
-            return value
-    elif tp is type(None):
-        if value is None:
-            return None
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif isinstance(value, tp):
-        return value
-    raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
-
-
-def _build(cls, data, path: str):
-    """Recursively turn a mapping into dataclass `cls`, checking keys and types."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path or 'top level'}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
-    for key in data:
-        if key not in fields:
-            raise ConfigError(f"{path + '.' if path else ''}{key}: unknown key{did_you_mean(key, fields)}")
-    kwargs = {}
-    for name, f in fields.items():
-        sub = f"{path}.{name}" if path else name
-        if name not in data:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ConfigError(f"{sub}: required key is missing")
-            continue
-        tp = hints[name]
-        options = [a for a in typing.get_args(tp) if a is not type(None)] if typing.get_origin(tp) is Union else [tp]
-        if len(options) == 1 and dataclasses.is_dataclass(options[0]):
-            optional = options[0] is not tp
-            if data[name] is None and optional:
-                kwargs[name] = None
-            else:
-                kwargs[name] = _build(options[0], {} if data[name] is None else data[name], sub)
-        else:
-            kwargs[name] = _check(data[name], tp, sub)
-    return cls(**kwargs)
-
-
-# Options of the optimizer section that cnntrain handles itself (not passed to the optimizer class).
-OPTIMIZER_EXTRAS = {
-    "lr_scaling": "none",       # `linear`: lr * batch_size / base_batch_size (Goyal et al., 2017)
-    "base_batch_size": None,    # the batch size at which optimizer.lr is given, for lr_scaling: linear
-}
-
-
-def _named_section(value, path: str, registry, default_name: str, extras=None) -> dict:
-    """`adam` or {name: adam, lr: ...} -> {name, every option with its default filled in}."""
-    if value is None:
-        value = {"name": default_name}
-    if isinstance(value, str):
-        value = {"name": value}
-    if not isinstance(value, dict):
-        raise ConfigError(f"{path}: expected a name or a mapping with 'name', got {value!r}")
-    value = dict(value)
-    name = value.pop("name", default_name)
-    if not isinstance(name, str):
-        raise ConfigError(f"{path}.name: expected a string, got {name!r}")
-    cls = registry.get(name, f"{path}.name")
-    defaults = {}
-    for p in inspect.signature(cls).parameters.values():
-        if p.default is not inspect.Parameter.empty:
-            default = p.default
-            defaults[p.name] = list(default) if isinstance(default, tuple) else default
-    defaults.update(extras or {})
-    allowed = list(defaults) + [p for p in inspect.signature(cls).parameters if p not in defaults]
-    for key in value:
-        if key not in allowed:
-            raise ConfigError(f"{path}.{key}: unknown option for {registry.kind} '{name}'"
-                              f"{did_you_mean(key, allowed)}; options: {', '.join(allowed)}")
-    return {"name": name, **defaults, **value}
-
-
-def _resolve(cfg: Config) -> Config:
-    """Fill registry defaults into named sections and check what the dataclasses cannot."""
-    cfg.optimizer = _named_section(cfg.optimizer, "optimizer", OPTIMIZERS, "adam", OPTIMIZER_EXTRAS)
-    cfg.schedule = _named_section(cfg.schedule, "schedule", SCHEDULES, "constant")
-    cfg.schedule.pop("lr", None)  # the schedule's base lr is optimizer.lr
+def _validate(cfg: Config) -> Config:
+    """Check what the dataclasses cannot (a component's own options are checked by build.resolve)."""
     if not isinstance(cfg.loss, str):
         raise ConfigError(f"loss: expected a loss name, got {cfg.loss!r}")
     LOSSES.get(cfg.loss, "loss")
     DATASETS.get(cfg.data.dataset, "data.dataset")
     if not cfg.model.layers:
         raise ConfigError("model.layers: the network needs at least one layer")
-    for i, (name, kwargs) in enumerate(cfg.layer_specs):  # option errors now, not after loading data
-        LAYERS.create(name, kwargs, where=f"model.layers[{i}].{name}")
     for i, (l2, (name, _)) in enumerate(zip(cfg.layer_l2, cfg.layer_specs)):
         where = "model.l2" if l2 is cfg.model.l2 else f"model.layers[{i}].{name}.l2"
         if isinstance(l2, bool) or not isinstance(l2, (int, float)) or l2 < 0:
@@ -308,14 +242,11 @@ def _resolve(cfg: Config) -> Config:
     if classes is not None and (len(classes) < 2 or len(set(classes)) != len(classes)
                                 or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in classes)):
         raise ConfigError(f"data.classes: expected a list of at least two distinct class indices, got {classes!r}")
-    OPTIMIZERS.create(cfg.optimizer["name"], cfg.optimizer_kwargs, "optimizer")
-    if cfg.optimizer["lr_scaling"] not in ("none", "linear"):
-        raise ConfigError(f"optimizer.lr_scaling: expected none or linear, got {cfg.optimizer['lr_scaling']!r}")
-    base = cfg.optimizer["base_batch_size"]
-    if cfg.optimizer["lr_scaling"] == "linear" and (isinstance(base, bool) or not isinstance(base, int) or base < 1):
+    if cfg.optimizer.lr_scaling not in ("none", "linear"):
+        raise ConfigError(f"optimizer.lr_scaling: expected none or linear, got {cfg.optimizer.lr_scaling!r}")
+    base = cfg.optimizer.base_batch_size
+    if cfg.optimizer.lr_scaling == "linear" and (isinstance(base, bool) or not isinstance(base, int) or base < 1):
         raise ConfigError(f"optimizer.base_batch_size: lr_scaling: linear needs an integer >= 1, got {base!r}")
-    SCHEDULES.create(cfg.schedule["name"], {"lr": 1.0, **{k: v for k, v in cfg.schedule.items() if k != "name"}},
-                     "schedule")
     for key in ("epochs", "batch_size", "eval_batch_size", "chunk_size", "checkpoint_every"):
         value = getattr(cfg.train, key)
         if isinstance(value, int) and value < 1:
@@ -346,11 +277,6 @@ def _resolve(cfg: Config) -> Config:
     if cfg.name is not None and (not re.fullmatch(r"[A-Za-z0-9_.-]+", cfg.name) or cfg.name.startswith(".")):
         raise ConfigError(f"name: use letters, digits, '_', '-' and '.', got {cfg.name!r}")
     _resolve_images(cfg)
-    for section, registry, kind in (("preprocess", PREPROCESS, "a preprocessing step"),
-                                    ("augment", AUGMENTATIONS, "an augmentation")):
-        for i, entry in enumerate(getattr(cfg.data, section)):
-            name, kwargs = step_entry(entry, f"data.{section}[{i}]", kind)
-            registry.create(name, kwargs, where=f"data.{section}[{i}].{name}")
     return cfg
 
 
@@ -384,36 +310,8 @@ def _resolve_images(cfg: Config) -> None:
     data.image_size = size
 
 
-def apply_override(data: dict, assignment: str) -> None:
-    """Apply one `key.path=value` (value parsed as YAML) to the raw config mapping in place."""
-    key, sep, text = assignment.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set {assignment}: expected KEY.PATH=VALUE")
-    value = parse_yaml(text, f"--set {assignment}")
-    parts = key.strip().split(".")
-    node = data
-    for i, part in enumerate(parts):
-        last = i == len(parts) - 1
-        where = ".".join(parts[: i + 1])
-        if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise ConfigError(f"--set {assignment}: {where}: expected a list index below {len(node)}")
-            part = int(part)
-            if isinstance(node[part], str) and not last:
-                node[part] = {node[part]: {}}
-        elif isinstance(node, dict):
-            if not last and node.get(part) is None:
-                node[part] = {}
-        else:
-            raise ConfigError(f"--set {assignment}: {'.'.join(parts[:i])} is not a mapping")
-        if last:
-            node[part] = value
-        else:
-            node = node[part]
-
-
 def config_from_dict(data, source: str = "<config>", overrides=(), default_name: str | None = None) -> Config:
-    """Validate a raw mapping (plus overrides) into a resolved Config; errors are prefixed by source."""
+    """Validate a raw mapping (plus overrides) into a Config; errors are prefixed by source."""
     try:
         if data is None:
             data = {}
@@ -421,7 +319,7 @@ def config_from_dict(data, source: str = "<config>", overrides=(), default_name:
             raise ConfigError(f"top level: expected a mapping of sections, got {type(data).__name__}")
         for assignment in overrides:
             apply_override(data, assignment)
-        cfg = _resolve(_build(Config, data, ""))
+        cfg = _validate(build_dataclass(Config, data, ""))
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     if cfg.name is None:

@@ -9,7 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from .config import load_config, parse_yaml
+from .build import load_experiment
+from .schema import parse_yaml
 from .errors import ConfigError, RunError
 from .runs import make_run_dir, write_json
 
@@ -42,18 +43,18 @@ def _yaml(value) -> str:
 def run_grid(config: str, overrides, grids, runs_dir, jobs: int = 1, echo=print) -> Path:
     """Train every combination into runs_dir/<name>-grid-<timestamp>/; returns the group directory."""
     combos = expand(grids)
-    configs = [load_config(config, list(overrides) + combo) for combo in combos]  # every mistake before any run
-    group = make_run_dir(runs_dir, f"{configs[0].name}-grid")
+    experiments = [load_experiment(config, list(overrides) + combo) for combo in combos]  # every mistake before any run
+    group = make_run_dir(runs_dir, f"{experiments[0].cfg.name}-grid")
     (group / "checkpoints").rmdir()
     write_json(group / "grid.json", {"config": str(config), "overrides": list(overrides), "grid": list(grids),
                                      "runs": [" ".join(c) for c in combos]})
     echo(f"grid of {len(combos)} runs in {group}")
     if jobs <= 1:
-        from .experiment import train_from_config
+        from .session import train_from_config
 
-        for i, (cfg, combo) in enumerate(zip(configs, combos), 1):
+        for i, (exp, combo) in enumerate(zip(experiments, combos), 1):
             echo(f"[{i}/{len(combos)}] {' '.join(combo)}")
-            train_from_config(cfg, group, echo=echo)
+            train_from_config(exp, group, echo=echo)
         return group
     threads = str(max(1, (os.cpu_count() or 1) // jobs))  # BLAS threads per process, so jobs share the cores
     env = {**os.environ, "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import ConfigError
 from .layers.base import Layer
-from .registry import LAYERS
 
 
 class Sequential:
@@ -93,13 +91,3 @@ class Sequential:
     def num_params(self) -> int:
         return int(sum(p.size for p in self.named_params().values()))
 
-
-def build_model(layer_specs, in_shape, rng: np.random.Generator, where: str = "model.layers") -> Sequential:
-    """[(name, kwargs), ...] -> a built Sequential; ConfigError names the layer's key path."""
-    layers = [LAYERS.create(name, kwargs, where=f"{where}[{i}].{name}") for i, (name, kwargs) in enumerate(layer_specs)]
-    model = Sequential(layers)
-    try:
-        model.build(in_shape, rng)
-    except ValueError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    return model

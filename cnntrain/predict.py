@@ -43,16 +43,16 @@ def load_image(path: Path, shape) -> np.ndarray:
 
 def predict_images(checkpoint, targets, top_k: int = 3) -> list[dict]:
     """For each image: the top-k classes with probabilities."""
-    from .experiment import checkpoint_preprocess, load_model
+    from .inspection import load_model
     from .runs import find_checkpoint
 
     checkpoint = find_checkpoint(checkpoint)
-    cfg, meta, model, loss = load_model(checkpoint)
+    exp, meta, model = load_model(checkpoint)
     shape = tuple(meta["input_shape"])
     files = image_files(targets)
     x = np.stack([load_image(p, shape) for p in files])  # every file is read before anything is predicted
-    preprocess = checkpoint_preprocess(cfg, meta, shape[0])
-    probs = loss.probabilities(model.forward(preprocess(x), training=False))
+    preprocess = exp.stored_preprocess(meta, shape[0])
+    probs = exp.loss.probabilities(model.forward(preprocess(x), training=False))
     classes = meta["classes"]
     k = min(top_k, probs.shape[1])
     results = []

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 
 from .errors import RunError
-from .train import EPOCH_COLUMNS, STEP_COLUMNS, Callback
 
 CHECKPOINT_FORMAT = "cnntrain-checkpoint"
 _UMASK = os.umask(0)
@@ -147,26 +146,6 @@ class CsvAppender:
         if self.file is not None:
             self.file.close()
             self.file = None
-
-
-class CSVLogger(Callback):
-    """Appends one row per epoch to metrics.csv and one per step to steps.csv, flushed as written."""
-
-    def __init__(self, run_dir: Path, step_columns=STEP_COLUMNS):
-        self.steps = CsvAppender(run_dir / "steps.csv", step_columns)
-        self.epochs = CsvAppender(run_dir / "metrics.csv", EPOCH_COLUMNS)
-
-    def on_step_end(self, state, logs):
-        self.steps.append(logs)
-
-    def on_epoch_end(self, state, logs):
-        self.epochs.append(logs)
-
-    def on_train_end(self, state):
-        self.steps.close()
-        self.epochs.close()
-
-    on_interrupt = on_train_end
 
 
 def split_state(arrays: dict) -> tuple[dict, dict]:

@@ -47,6 +47,10 @@ class TrainState:
         return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
 
 
+class Diverged(RunError):
+    """The loss or the gradient norm stopped being finite; nothing was updated by that step."""
+
+
 class Interrupted(Exception):
     """Training stopped between two steps because a signal asked it to."""
 
@@ -56,52 +60,24 @@ class Interrupted(Exception):
 
 
 class Callback:
-    """Hooks called by fit(); `logs` keys are exactly the metrics.csv / steps.csv columns."""
+    """Hooks called by fit(); `logs` keys are exactly the metrics.csv / steps.csv columns.
+
+    fit() calls each hook on every callback in ascending `order` (stable for equal orders):
+    loggers keep the default 0 and checkpointing runs after them (see callbacks.py), so a
+    checkpoint never precedes the rows it covers. on_before_update sees the final gradients
+    (after L2, clipping) just before the optimizer step; on_after_update the updated weights.
+    """
+
+    order: int = 0
 
     def on_train_begin(self, state: TrainState, steps_per_epoch: int) -> None: ...
     def on_epoch_begin(self, state: TrainState) -> None: ...
+    def on_before_update(self, state: TrainState, params: dict, grads: dict) -> None: ...
+    def on_after_update(self, state: TrainState, params: dict) -> None: ...
     def on_step_end(self, state: TrainState, logs: dict) -> None: ...
     def on_epoch_end(self, state: TrainState, logs: dict) -> None: ...
     def on_interrupt(self, state: TrainState) -> None: ...
     def on_train_end(self, state: TrainState) -> None: ...
-
-
-def improved(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
-    """value beats best by more than min_delta in direction mode ('max' or 'min'); NaN never does."""
-    if not math.isfinite(value):
-        return False
-    if best is None:
-        return True
-    return value > best + min_delta if mode == "max" else value < best - min_delta
-
-
-def monitor_mode(metric: str) -> str:
-    """Accuracies are maximised, losses minimised."""
-    return "max" if metric.endswith("acc") else "min"
-
-
-class EarlyStopping(Callback):
-    """Stops training after `patience` epochs in which `monitor` did not improve by more than min_delta."""
-
-    def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0):
-        self.monitor, self.patience, self.min_delta = monitor, patience, min_delta
-        self.mode = monitor_mode(monitor)
-        self.best = None
-
-    def on_train_begin(self, state, steps_per_epoch):
-        values = [row[self.monitor] for row in state.history[: len(state.history) - state.wait]]
-        self.best = None
-        for value in values:  # replay, so a resumed run knows its best
-            if improved(value, self.best, self.mode, self.min_delta):
-                self.best = value
-
-    def on_epoch_end(self, state, logs):
-        if improved(logs[self.monitor], self.best, self.mode, self.min_delta):
-            self.best, state.wait = logs[self.monitor], 0
-        else:
-            state.wait += 1
-            if state.wait >= self.patience:
-                state.stopped_early = True
 
 
 def evaluate(model, loss, x: np.ndarray, y: np.ndarray, preprocess, batch_size: int):
@@ -122,7 +98,7 @@ def global_norm(grads: dict[str, np.ndarray]) -> float:
 
 
 def train_step(model, loss, optimizer, x_u8, y, transform, lr: float, chunk_size: int, penalty=None,
-               grad_clip_norm: float | None = None, observer=None):
+               grad_clip_norm: float | None = None, callbacks=(), state: TrainState | None = None):
     """One optimizer step on a batch: (data loss, correct predictions, penalty, gradient norm).
 
     A batch larger than chunk_size is run chunk by chunk with gradients accumulated,
@@ -158,26 +134,27 @@ def train_step(model, loss, optimizer, x_u8, y, transform, lr: float, chunk_size
     if grad_clip_norm is not None and norm > grad_clip_norm:
         scale = grad_clip_norm / norm
         grads = {k: g * g.dtype.type(scale) for k, g in grads.items()}
-    if observer is not None:
-        observer.before_update(params, grads)
+    for cb in callbacks:
+        cb.on_before_update(state, params, grads)
     optimizer.step(params, grads, lr)
-    if observer is not None:
-        observer.after_update(params)
+    for cb in callbacks:
+        cb.on_after_update(state, params)
     return total, correct, reg, norm
 
 
 def fit(model, loss, optimizer, schedule, loader, val, epochs: int, callbacks=(), state: TrainState | None = None,
         eval_batch_size: int = 1000, penalty=None, momentum=None, chunk_size: int | None = None,
-        grad_clip_norm: float | None = None, stop_requested=lambda: None, observer=None) -> TrainState:
+        grad_clip_norm: float | None = None, stop_requested=lambda: None) -> TrainState:
     """Train from `state` (default: the start, else where it stopped, even mid-epoch) to `epochs`.
 
     val is (x_u8, y) or None; schedule(step) gives each step's lr and momentum(step) (optional)
     sets optimizer.mu. stop_requested() returning a signal number ends training after the
     current step with Interrupted, once every callback's on_interrupt has run (checkpointing).
     train_loss is the data loss alone; an L2 penalty's value is logged beside it as reg_loss.
-    A non-finite loss or gradient norm raises RunError before any parameter changes.
+    A non-finite loss or gradient norm raises Diverged before any parameter changes.
     """
     state = state or TrainState()
+    callbacks = sorted(callbacks, key=lambda cb: cb.order)
     steps = len(loader)
     chunk_size = chunk_size or loader.batch_size
     for cb in callbacks:
@@ -198,10 +175,10 @@ def fit(model, loss, optimizer, schedule, loader, val, epochs: int, callbacks=()
                 optimizer.mu = logs["momentum"] = momentum(state.step)
             with np.errstate(over="ignore", invalid="ignore"):  # overflow is caught below, as divergence
                 batch_loss, batch_correct, reg, norm = train_step(model, loss, optimizer, x_u8, yb, loader.transform,
-                                                                  lr, chunk_size, penalty, grad_clip_norm, observer)
+                                                                  lr, chunk_size, penalty, grad_clip_norm, callbacks, state)
             if not (math.isfinite(batch_loss) and math.isfinite(norm)):
                 what = f"loss is {batch_loss}" if not math.isfinite(batch_loss) else f"gradient norm is {norm}"
-                raise RunError(f"training diverged: {what} at epoch {epoch + 1}, step {state.step + 1}, lr {lr:g}; "
+                raise Diverged(f"training diverged: {what} at epoch {epoch + 1}, step {state.step + 1}, lr {lr:g}; "
                                "try a smaller optimizer.lr, a warmup (schedule.warmup_epochs) or "
                                "train.grad_clip_norm")
             state.step += 1

@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cnntrain.config import config_from_dict
+from cnntrain.build import experiment_from_dict
 from cnntrain.data.augment import AUGMENT_STREAM, Augment, HorizontalFlip, RandomCrop, RandomShift, augment_rng, crop
 from cnntrain.errors import ConfigError
-from cnntrain.experiment import make_augment
 from cnntrain.registry import AUGMENTATIONS
 
 SHAPE = (6, 3, 7, 5)  # small, odd and non-square so H/W mix-ups show
@@ -168,10 +167,10 @@ def test_steps_never_write_input():
 def build_augment(entries):
     """data.augment entries -> the Augment training uses, through the config (ConfigError without the file name)."""
     try:
-        cfg = config_from_dict({"model": {"layers": ["flatten"]}, "data": {"augment": entries}}, "x.yaml")
+        exp = experiment_from_dict({"model": {"layers": ["flatten"]}, "data": {"augment": entries}}, "x.yaml")
     except ConfigError as exc:
         raise ConfigError(str(exc).removeprefix("x.yaml: ")) from None
-    return make_augment(cfg)
+    return exp.augment()
 
 
 def test_build_augment_entries_and_config_round_trip():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from cnntrain.build import load_experiment
 from cnntrain.config import config_from_text, load_config
 from cnntrain.errors import ConfigError
 
@@ -26,10 +27,10 @@ def test_defaults_are_filled_in_and_name_comes_from_the_file(tmp_path):
     cfg = load_config(write(tmp_path, MINIMAL, "my_exp.yaml"))
     assert cfg.name == "my_exp"
     assert cfg.seed == 0 and cfg.train.epochs == 5 and cfg.train.batch_size == 64
-    assert cfg.optimizer == {"name": "adam", "lr": 0.001, "betas": [0.9, 0.999], "eps": 1e-8,
+    assert cfg.to_dict()["optimizer"] == {"name": "adam", "lr": 0.001, "betas": [0.9, 0.999], "eps": 1e-8,
                              "weight_decay": 0.0, "bias_correction": True, "lr_scaling": "none",
                              "base_batch_size": None}
-    assert cfg.schedule == {"name": "constant", "interval": "epoch", "warmup_epochs": 0.0, "warmup_steps": 0,
+    assert cfg.to_dict()["schedule"] == {"name": "constant", "interval": "epoch", "warmup_epochs": 0.0, "warmup_steps": 0,
                             "warmup_start_lr": 0.0}
     assert cfg.data.dataset == "mnist" and cfg.data.validation == 5000
     assert cfg.layer_specs == [("flatten", {}), ("dense", {"units": 10})]
@@ -37,9 +38,9 @@ def test_defaults_are_filled_in_and_name_comes_from_the_file(tmp_path):
 
 def test_exponent_numbers_are_numbers_not_strings(tmp_path):
     cfg = load_config(write(tmp_path, MINIMAL + "optimizer: {name: sgd, lr: 1e-3}\n"))
-    assert cfg.optimizer["lr"] == 0.001
+    assert cfg.optimizer.lr == 0.001
     cfg = load_config(write(tmp_path, MINIMAL), ["optimizer.lr=5E-4", "optimizer.name=sgd"])
-    assert cfg.optimizer["lr"] == 0.0005 and cfg.optimizer["name"] == "sgd"
+    assert cfg.optimizer.lr == 0.0005 and cfg.optimizer.name == "sgd"
 
 
 def test_overrides_reach_nested_keys_and_layers(tmp_path):
@@ -76,7 +77,7 @@ def test_resolved_config_round_trips_through_text(tmp_path):
 def test_mistakes_name_the_file_and_key_path(tmp_path, extra, overrides, message):
     path = write(tmp_path, MINIMAL + extra)
     with pytest.raises(ConfigError) as info:
-        load_config(path, overrides)
+        load_experiment(path, overrides)  # the config's structure, then each component's own options
     assert str(info.value).startswith(f"{path}: ")
     assert message in str(info.value)
 
@@ -85,6 +86,9 @@ def test_unknown_layer_and_layer_options(tmp_path):
     text = "model:\n  layers:\n    - flaten\n"
     with pytest.raises(ConfigError, match=r"model.layers\[0\]: unknown layer 'flaten' \(did you mean 'flatten'\?\)"):
         load_config(write(tmp_path, text))
+    text = "model:\n  layers:\n    - dense: {units: 10, unit: 3}\n"
+    with pytest.raises(ConfigError, match=r"exp.yaml: model.layers\[0\].dense.unit: unknown option for layer 'dense'"):
+        load_experiment(write(tmp_path, text))
 
 
 def test_yaml_errors_and_object_tags_are_config_errors(tmp_path):
@@ -109,11 +113,12 @@ model:
     assert cfg.layer_specs[0] == ("conv2d", {"filters": 2, "kernel_size": 3})
     import numpy as np
 
-    from cnntrain.experiment import build_network, build_penalty
+    from cnntrain.build import resolve
 
-    model, _ = build_network(cfg, (1, 6, 6), 10)
-    assert build_penalty(cfg, model).coefs == {"layers.0.W": 0.5, "layers.3.W": 0.01}
-    assert np.isfinite(build_penalty(cfg, model).apply(model.named_params(), {k: v.copy() for k, v in model.named_params().items()}))
+    exp = resolve(cfg)
+    model = exp.network((1, 6, 6), 10)
+    assert exp.penalty(model).coefs == {"layers.0.W": 0.5, "layers.3.W": 0.01}
+    assert np.isfinite(exp.penalty(model).apply(model.named_params(), {k: v.copy() for k, v in model.named_params().items()}))
     with pytest.raises(ConfigError, match=r"model.layers\[0\].conv2d.l2: expected a number >= 0"):
         load_config(write(tmp_path, text.replace("l2: 0.5", "l2: -1")))
 
@@ -121,7 +126,7 @@ model:
 def test_select_classes_relabels_in_the_given_order():
     import numpy as np
 
-    from cnntrain.experiment import select_classes
+    from cnntrain.data.splits import select_classes
 
     x = np.arange(6)[:, None]
     y = np.array([3, 1, 0, 1, 3, 2])

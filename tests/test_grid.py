@@ -35,6 +35,7 @@ train: {epochs: 1, batch_size: 32}
 
 
 @pytest.mark.parametrize("jobs", ["1", "2"])
+@pytest.mark.slow
 def test_grid_trains_every_combination_into_one_group_and_compares(tmp_path, jobs):
     cfg = tmp_path / "gr.yaml"
     cfg.write_text(GRID)

@@ -69,7 +69,7 @@ def test_conv_fans_are_channels_times_kernel_area():
 def test_zero_init_makes_every_unit_identical():
     """Why zeros fail: with every W = 0 the hidden activations and all weight gradients are 0, so
     only the output bias learns, and the network stays a constant predictor."""
-    from cnntrain.model import build_model
+    from cnntrain.build import build_model
     from cnntrain.registry import LOSSES, OPTIMIZERS
 
     specs = [("dense", {"units": 4, "init": "zeros"}), ("tanh", {}), ("dense", {"units": 3, "init": "zeros"})]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cnntrain.model import Sequential, build_model
+from cnntrain.build import build_model
+from cnntrain.model import Sequential
 from cnntrain.registry import LAYERS
 from gradcheck import check_layer
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from cnntrain.layers.pool import adaptive_bins
-from cnntrain.model import Sequential, build_model
+from cnntrain.build import build_model
+from cnntrain.model import Sequential
 from cnntrain.registry import LAYERS
 from gradcheck import check_layer
 

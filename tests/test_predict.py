@@ -10,7 +10,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cnntrain.cli import cli
-from cnntrain.experiment import load_model, load_splits, make_preprocess
+from cnntrain.data.splits import load_splits
+from cnntrain.inspection import load_model
 from cnntrain.runs import find_checkpoint
 
 CONFIG = """
@@ -34,11 +35,12 @@ def trained(tmp_path_factory):
     return tmp, run_dir
 
 
+@pytest.mark.slow
 def test_predict_agrees_with_the_network_on_the_test_images(trained):
     tmp, run_dir = trained
-    cfg, meta, model, loss = load_model(find_checkpoint(run_dir))
-    x, y = load_splits(cfg).test
-    expected = loss.probabilities(model.forward(make_preprocess(cfg, 1)(x), training=False))
+    exp, meta, model = load_model(find_checkpoint(run_dir))
+    x, y = load_splits(exp.cfg).test
+    expected = exp.loss.probabilities(model.forward(exp.preprocess(1)(x), training=False))
     folder = tmp / "digits"
     folder.mkdir()
     for i, img in enumerate(x):  # the test images as PNG files, written exactly
@@ -56,6 +58,7 @@ def test_predict_agrees_with_the_network_on_the_test_images(trained):
     assert text.exit_code == 0 and text.output.startswith(f"{folder / '00.png'}: ")
 
 
+@pytest.mark.slow
 def test_a_file_that_is_not_an_image_is_a_clear_error(trained):
     tmp, run_dir = trained
     bad = tmp / "notes.png"

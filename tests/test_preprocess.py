@@ -10,10 +10,10 @@ import pytest
 from click.testing import CliRunner
 
 from cnntrain.cli import cli
-from cnntrain.config import config_from_dict
+from cnntrain.build import build_setup, experiment_from_dict
+from cnntrain.data.splits import load_splits
 from cnntrain.data.transforms import MeanSubtract, MinMax, Normalize, PixelStats, Preprocess, Standardize
 from cnntrain.errors import ConfigError
-from cnntrain.experiment import build_setup, checkpoint_preprocess, load_splits
 from cnntrain.registry import PREPROCESS
 from cnntrain.runs import find_checkpoint, load_checkpoint
 
@@ -116,7 +116,7 @@ def test_config_checks_preprocess_and_augment_entries_at_load():
              "x.yaml: data.augment[1].random_crop.padding: must be an integer >= 0"),
             ({"augment": ["flip"]}, "x.yaml: data.augment[0].flip: unknown augmentation 'flip'")):
         with pytest.raises(ConfigError) as info:
-            config_from_dict({**base, "data": data}, "x.yaml")
+            experiment_from_dict({**base, "data": data}, "x.yaml")
         assert message in str(info.value), str(info.value)
 
 
@@ -130,9 +130,9 @@ MNIST_CONFIG = {
 
 
 def test_statistics_come_from_the_training_split_only():
-    cfg = config_from_dict(json.loads(json.dumps(MNIST_CONFIG)), "pp.yaml")
-    splits = load_splits(cfg)
-    fitted = build_setup(cfg, splits).loader.preprocess.state()["steps"][0]
+    exp = experiment_from_dict(json.loads(json.dumps(MNIST_CONFIG)), "pp.yaml")
+    splits = load_splits(exp.cfg)
+    fitted = build_setup(exp, splits).loader.preprocess.state()["steps"][0]
     train = splits.train[0] / 255.0
     assert fitted["mean"][0] == pytest.approx(train.mean(), rel=1e-12)
     assert fitted["std"][0] == pytest.approx(train.std(), rel=1e-12)
@@ -140,6 +140,7 @@ def test_statistics_come_from_the_training_split_only():
     assert abs(fitted["mean"][0] - everything.mean()) > 1e-6, "validation and test images must not count"
 
 
+@pytest.mark.slow
 def test_checkpoint_carries_the_fitted_map_to_eval_and_predict(tmp_path):
     path = tmp_path / "pp.yaml"
     path.write_text(json.dumps(MNIST_CONFIG))
@@ -150,8 +151,8 @@ def test_checkpoint_carries_the_fitted_map_to_eval_and_predict(tmp_path):
     config_text, meta, _ = load_checkpoint(find_checkpoint(run_dir))
     summary = json.loads((run_dir / "summary.json").read_text())
     assert meta["preprocess"] == summary["preprocess"] and meta["preprocess"]["steps"][0]["fitted"]
-    cfg = config_from_dict(json.loads(json.dumps(MNIST_CONFIG)), "pp.yaml")
-    restored = checkpoint_preprocess(cfg, meta, 1)
-    fresh = build_setup(cfg, load_splits(cfg)).loader.preprocess
+    exp = experiment_from_dict(json.loads(json.dumps(MNIST_CONFIG)), "pp.yaml")
+    restored = exp.stored_preprocess(meta, 1)
+    fresh = build_setup(exp, load_splits(exp.cfg)).loader.preprocess
     np.testing.assert_array_equal(restored.scale, fresh.scale)
     np.testing.assert_array_equal(restored.offset, fresh.offset)

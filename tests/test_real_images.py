@@ -68,6 +68,7 @@ def shapes_run(tmp_path_factory):
         mp.undo()
 
 
+@pytest.mark.slow
 def test_image_folder_run_stores_class_names_and_absolute_paths(shapes_run):
     tmp, run_dir, result = shapes_run
     _, meta, _ = load_checkpoint(find_checkpoint(run_dir))
@@ -81,6 +82,7 @@ def test_image_folder_run_stores_class_names_and_absolute_paths(shapes_run):
     assert list(tmp.joinpath("cache", "cnntrain", "image_folder").glob("*.npz")), "decoded images are cached"
 
 
+@pytest.mark.slow
 def test_predict_agrees_with_eval_on_the_test_folder(shapes_run, tmp_path):
     tmp, run_dir, _ = shapes_run
     ev = invoke("eval", run_dir, "--json")
@@ -102,6 +104,7 @@ def test_predict_agrees_with_eval_on_the_test_folder(shapes_run, tmp_path):
                                        for line in text.output.strip().splitlines())
 
 
+@pytest.mark.slow
 def test_summary_names_the_folder_classes_without_decoding(shapes_run, monkeypatch):
     tmp, _, _ = shapes_run
     monkeypatch.chdir(tmp)
@@ -114,11 +117,12 @@ def test_summary_names_the_folder_classes_without_decoding(shapes_run, monkeypat
     assert s["input_shape"] == [3, 20, 24] and s["totals"]["output_shape"] == [3]
 
 
+@pytest.mark.slow
 def test_test_split_holds_images_out_of_the_training_folder(shapes_run, monkeypatch):
     tmp, _, _ = shapes_run
     monkeypatch.chdir(tmp)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp / "cache"))
-    from cnntrain.experiment import load_splits
+    from cnntrain.data.splits import load_splits
 
     cfg = config_from_dict({"data": {"dataset": "image_folder", "path": "shapes/train", "test_split": 0.25,
                                      "validation": 6, "image_size": 16},
@@ -160,6 +164,7 @@ def test_missing_folder_is_one_line_exit_1(tmp_path, monkeypatch):
     assert len(result.output.strip().splitlines()) == 1, result.output
 
 
+@pytest.mark.slow
 def test_cifar10_cnn_config_trains_on_binary_batches(tmp_path, monkeypatch):
     """configs/cifar10_cnn.yaml end to end on small files in the real binary format."""
     rng = np.random.default_rng(0)
@@ -183,15 +188,18 @@ def test_cifar10_cnn_config_trains_on_binary_batches(tmp_path, monkeypatch):
     assert (summary["train_images"], summary["val_images"], summary["test_images"]) == (48, 12, 12)
 
 
+@pytest.mark.slow
 def test_preview_shows_exactly_the_first_training_batch(shapes_run, monkeypatch):
     tmp, _, _ = shapes_run
     monkeypatch.chdir(tmp)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp / "cache"))
-    from cnntrain.experiment import build_setup, load_splits, preview_batch
+    from cnntrain.build import build_setup, load_experiment
+    from cnntrain.data.splits import load_splits
+    from cnntrain.inspection import preview_batch
 
-    cfg = load_config("shapes.yaml")
-    p = preview_batch(cfg, count=5, epoch=1)
-    loader = build_setup(cfg, load_splits(cfg)).loader
+    exp = load_experiment("shapes.yaml")
+    p = preview_batch(exp, count=5, epoch=1)
+    loader = build_setup(exp, load_splits(exp.cfg)).loader
     x, y = next(loader.epoch(1))
     np.testing.assert_array_equal(p["augmented"], x[:5])  # the pixels fit() gets in epoch 2, step 1
     np.testing.assert_array_equal(p["labels"], y[:5])

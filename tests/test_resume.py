@@ -81,6 +81,7 @@ def straight(tmp_path_factory):
     return only_run(tmp / "runs")
 
 
+@pytest.mark.slow
 def test_one_epoch_then_resume_for_the_second_is_bit_identical(tmp_path, straight):
     cfg = write_config(tmp_path)
     result = invoke("run", cfg, "--runs-dir", tmp_path / "runs", "--set", "train.epochs=1")
@@ -109,6 +110,7 @@ def wait_for_steps(path: Path, n: int, proc, timeout=60.0):
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.slow
 def test_signal_saves_a_checkpoint_and_resume_matches(tmp_path, straight, sig, code):
     runs = tmp_path / "runs"
     proc = start(["run", write_config(tmp_path), "--runs-dir", runs], tmp_path)
@@ -131,6 +133,7 @@ def test_signal_saves_a_checkpoint_and_resume_matches(tmp_path, straight, sig, c
     assert_same_run(run_dir, straight)
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_never_breaks_last_npz(tmp_path):
     """Kill the training process 20 times at random instants; every last.npz loads and resuming ends
     exactly where an uninterrupted run ends."""
@@ -174,6 +177,7 @@ def test_sigkill_at_random_moments_never_breaks_last_npz(tmp_path):
     assert not list((run_dir / "checkpoints").glob(".*.tmp")), "stale temporary files were left"
 
 
+@pytest.mark.slow
 def test_divergence_stops_with_a_clear_message_and_keeps_good_checkpoints(tmp_path):
     text = CONFIG.replace("optimizer: {name: adam, lr: 0.002}", "optimizer: {name: sgd, lr: 0.01}\n"
                           "schedule: {name: exponential, k: -1, interval: step}")
@@ -196,6 +200,7 @@ def test_divergence_stops_with_a_clear_message_and_keeps_good_checkpoints(tmp_pa
     assert meta["step"] < diverged_at
 
 
+@pytest.mark.slow
 def test_early_stopping_and_monitor(tmp_path):
     text = CONFIG.replace("train: {epochs: 2,", "train: {epochs: 30, monitor: val_loss, "
                           "early_stopping: {patience: 1, min_delta: 10.0},")

@@ -11,7 +11,8 @@ import math
 import pytest
 
 from cnntrain.errors import ConfigError
-from cnntrain.optim.schedules import Warmup, build_momentum_schedule, build_schedule
+from cnntrain.optim import schedules
+from cnntrain.optim.schedules import Warmup, momentum_options
 from cnntrain.registry import SCHEDULES
 
 # Options that make every schedule change from epoch 0 to epoch 1 (and from step 0 to step 1).
@@ -25,6 +26,28 @@ CASES = {
     "warmup_cosine": {"warmup_epochs": 0},
     "linear": {},
 }
+
+
+def build_schedule(name, options, lr, spe, total):
+    """lr(step) as a run gets it: the schedule constructed from its config options, then bound to the run."""
+    schedule = SCHEDULES.create(name, {**options, "lr": lr}, where="schedule")
+    return schedules.build_schedule(schedule, spe, total, where="schedule")
+
+
+def build_momentum_schedule(options, spe, total, momentum=None):
+    """momentum(step) as a run gets it from a momentum_schedule section and the optimizer's momentum."""
+    options = dict(options)
+    name = options.pop("name", "constant")
+    schedule = SCHEDULES.create(name, momentum_options(options, momentum), where="momentum_schedule")
+    return schedules.build_momentum_schedule(schedule, spe, total)
+
+
+def test_binding_a_new_base_lr_keeps_every_other_option():
+    schedule = SCHEDULES.create("linear", {"lr": 0.1, "end": 0.01, "interval": "step"})
+    bound = schedules.build_schedule(schedule, 10, 100, lr=0.4)
+    # start defaults to the base lr, so it follows the new one; end and interval stay as given
+    assert [bound(0), bound(50), bound(100)] == pytest.approx([0.4, 0.205, 0.01], rel=1e-12)
+    assert schedule.lr0 == 0.1, "binding returns a new schedule; the constructed one is unchanged"
 
 
 def lr_at(name, steps, spe=10, total=100, lr=0.1, **options):

@@ -11,9 +11,9 @@ from click.testing import CliRunner
 from cnntrain.cli import cli
 from cnntrain.data.loader import BatchLoader
 from cnntrain.data.transforms import Preprocess
-from cnntrain.model import build_model
+from cnntrain.build import build_model
 from cnntrain.registry import LOSSES, OPTIMIZERS
-from cnntrain.train import fit, train_step
+from cnntrain.train import Callback, fit, train_step
 
 SPECS = [("conv2d", {"filters": 3, "kernel_size": 3}), ("relu", {}), ("flatten", {}), ("dense", {"units": 4})]
 
@@ -60,11 +60,7 @@ def test_momentum_schedule_sets_mu_before_each_step():
     opt = OPTIMIZERS.create("momentum", {"lr": 0.01})
     seen = []
 
-    class Spy:
-        def on_train_begin(self, s, n): ...
-        def on_epoch_begin(self, s): ...
-        def on_epoch_end(self, s, logs): ...
-        def on_train_end(self, s): ...
+    class Spy(Callback):
         def on_step_end(self, s, logs):
             seen.append((logs["momentum"], opt.mu))
 
@@ -86,6 +82,7 @@ train: {epochs: 2, batch_size: 32}
 """
 
 
+@pytest.mark.slow
 def test_schedule_command_matches_the_lr_a_run_records(tmp_path):
     cfg = tmp_path / "sched.yaml"
     cfg.write_text(SMALL)
@@ -108,7 +105,7 @@ def test_schedule_command_matches_the_lr_a_run_records(tmp_path):
 def test_lr_scaling_and_init_from(tmp_path):
     from cnntrain.config import load_config
     from cnntrain.errors import ConfigError
-    from cnntrain.experiment import build_network, init_from
+    from cnntrain.build import init_from, resolve
 
     cfg_path = tmp_path / "c.yaml"
     cfg_path.write_text(SMALL)
@@ -117,7 +114,7 @@ def test_lr_scaling_and_init_from(tmp_path):
     cfg = load_config(cfg_path, ["train.batch_size=full"])
     assert cfg.batch_size(1234) == 1234 and cfg.chunk_size(1234) == 1000
 
-    model, _ = build_network(cfg, (1, 28, 28), 10)
+    model = resolve(cfg).network((1, 28, 28), 10)
     np.savez(tmp_path / "w.npz", **{"layers.1.W": np.full((784, 10), 0.5, np.float32),
                                     "layers.1.b": np.arange(10, dtype=np.float32)})
     init_from(model, tmp_path / "w.npz", "c.yaml")
@@ -198,7 +195,7 @@ def test_progress_bar_on_a_terminal_and_plain_lines_otherwise():
 
 
 def test_grad_norm_logger_matches_the_sgd_update(tmp_path):
-    from cnntrain.experiment import GradNormLogger
+    from cnntrain.callbacks import GradNormLogger
     from cnntrain.runs import read_csv
 
     x, y = data(16)
@@ -207,7 +204,7 @@ def test_grad_norm_logger_matches_the_sgd_update(tmp_path):
     logger = GradNormLogger(tmp_path)
     loader = BatchLoader(x, y, 16, Preprocess([], 1, dtype=np.float64), shuffle=False)
     fit(model, LOSSES.create("softmax_cross_entropy"), OPTIMIZERS.create("sgd", {"lr": 0.1}), lambda s: 0.1,
-        loader, None, 1, [logger], observer=logger)
+        loader, None, 1, [logger])
     rows = read_csv(tmp_path / "grad_norms.csv")
     assert list(rows) == ["step", "epoch", "layers.0.grad_norm", "layers.3.grad_norm",
                           "layers.0.update_ratio", "layers.3.update_ratio"]

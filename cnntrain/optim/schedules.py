@@ -61,6 +61,15 @@ class Schedule:
                              f"(got {warmup_epochs!r} and {warmup_steps!r})")
         self.warmup_start_lr = check_number(warmup_start_lr, "warmup_start_lr", 0.0)
 
+    def __new__(cls, *args, **kwargs):
+        self = super().__new__(cls)
+        self.options = inspect.signature(cls).bind(*args, **kwargs).arguments  # what replace() builds on
+        return self
+
+    def replace(self, **changes) -> "Schedule":
+        """The same schedule with some options changed (the base lr, or a length filled in)."""
+        return type(self)(**{**self.options, **changes})
+
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         cls.__signature__ = _signature(cls)
@@ -246,9 +255,9 @@ def epochs_to_steps(epochs: float, steps_per_epoch: int) -> int:
     return max(1, math.floor(epochs * steps_per_epoch + 0.5))
 
 
-def build_schedule(name: str, options: dict, lr: float, steps_per_epoch: int, total_steps: int,
+def build_schedule(schedule: Schedule, steps_per_epoch: int, total_steps: int, lr: float | None = None,
                    where: str = "schedule") -> Callable[[int], float]:
-    """lr(step) from a schedule's config entry: interval applied, warmup in front.
+    """lr(step) from a constructed schedule: base lr set, interval applied, warmup in front.
 
     warmup_epochs become steps here, once. total_steps is the length of training; a null t_max
     (cosine) or duration (linear) becomes what follows the warmup, in units of the interval.
@@ -256,7 +265,6 @@ def build_schedule(name: str, options: dict, lr: float, steps_per_epoch: int, to
     """
     check_int(steps_per_epoch, "steps_per_epoch")
     check_int(total_steps, "total_steps")
-    schedule = SCHEDULES.create(name, {**options, "lr": lr}, where=where)
     warmup = schedule.warmup_steps or epochs_to_steps(schedule.warmup_epochs, steps_per_epoch)
     if warmup >= total_steps:
         key = "warmup_steps" if schedule.warmup_steps else "warmup_epochs"
@@ -266,23 +274,25 @@ def build_schedule(name: str, options: dict, lr: float, steps_per_epoch: int, to
         raise ConfigError(join_path(where, f"{key}: the warmup ({given}) must be shorter than training "
                                            f"({total_steps} steps)", [key]))
     per = steps_per_epoch if schedule.interval == "epoch" else 1
+    changes = {} if lr is None or lr == schedule.lr0 else {"lr": lr}
     length = schedule.length_option
     if length is not None and getattr(schedule, length) is None:
-        schedule = SCHEDULES.create(name, {**options, "lr": lr, length: (total_steps - warmup) / per}, where=where)
+        changes[length] = (total_steps - warmup) / per
+    if changes:
+        try:
+            schedule = schedule.replace(**changes)
+        except ValueError as exc:
+            raise ConfigError(join_path(where, str(exc), list(changes))) from None
     lr_at = PerEpoch(schedule, steps_per_epoch) if schedule.interval == "epoch" else schedule
     return Warmup(lr_at, warmup, schedule.warmup_start_lr) if warmup else lr_at
 
 
-def build_momentum_schedule(options: dict, steps_per_epoch: int, total_steps: int, momentum: float | None = None,
-                            where: str = "momentum_schedule") -> Callable[[int], float]:
-    """momentum(step) from a schedule entry whose values are momenta; set optimizer.mu from it before each step.
+def momentum_options(options: dict, momentum: float | None = None, where: str = "momentum_schedule") -> dict:
+    """A momentum schedule's constructor options with its base value as `lr`, each momentum checked in [0, 1).
 
-    options: {name: linear, start: 0.5, end: 0.99, duration: 5, interval: epoch}, or any registered
-    schedule, its `lr` being the base momentum (default: `start`, else the optimizer's `momentum`).
-    Built by build_schedule; every value must lie in [0, 1).
+    The base momentum is `lr`, else `start`, else the optimizer's `momentum`.
     """
     options = dict(options)
-    name = options.pop("name", "constant")
     base = options.pop("lr", None)
     if base is None:
         base = options.get("start")
@@ -293,7 +303,16 @@ def build_momentum_schedule(options: dict, steps_per_epoch: int, total_steps: in
     for key, value in [("lr", base)] + [(k, options.get(k)) for k in ("start", "end", "min_lr", "warmup_start_lr")]:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and not 0 <= value < 1:
             raise ConfigError(join_path(where, f"{key}: a momentum must be in [0, 1), got {value!r}", [key]))
-    momentum_at = build_schedule(name, options, base, steps_per_epoch, total_steps, where=where)
+    return {**options, "lr": base}
+
+
+def build_momentum_schedule(schedule: Schedule, steps_per_epoch: int, total_steps: int,
+                            where: str = "momentum_schedule") -> Callable[[int], float]:
+    """momentum(step) from a schedule whose values are momenta (see momentum_options); every value in [0, 1).
+
+    Set optimizer.mu from it before each step.
+    """
+    momentum_at = build_schedule(schedule, steps_per_epoch, total_steps, where=where)
     for step in range(total_steps):  # e.g. step with gamma > 1; closed forms are cheap to sweep
         value = momentum_at(step)
         if not 0 <= value < 1:

@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from cnntrain.model import build_model  # noqa: E402
+from cnntrain.build import build_model  # noqa: E402
 from cnntrain.registry import DATASETS, LOSSES, OPTIMIZERS  # noqa: E402
 
 # name -> list of (cnntrain layer, options); the PyTorch twin is built from the same list

@@ -1,0 +1,154 @@
+"""The callbacks a run directory is written by: CSV logs, gradient norms, checkpoints, figures, early stopping."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .monitor import Monitor
+from .runs import CsvAppender, save_checkpoint
+from .train import EPOCH_COLUMNS, STEP_COLUMNS, Callback, TrainState
+
+
+class CSVLogger(Callback):
+    """Appends one row per epoch to metrics.csv and one per step to steps.csv, flushed as written."""
+
+    def __init__(self, run_dir: Path, step_columns=STEP_COLUMNS):
+        self.steps = CsvAppender(run_dir / "steps.csv", step_columns)
+        self.epochs = CsvAppender(run_dir / "metrics.csv", EPOCH_COLUMNS)
+
+    def on_step_end(self, state, logs):
+        self.steps.append(logs)
+
+    def on_epoch_end(self, state, logs):
+        self.epochs.append(logs)
+
+    def on_train_end(self, state):
+        self.steps.close()
+        self.epochs.close()
+
+    on_interrupt = on_train_end
+
+
+class GradNormLogger(Callback):
+    """grad_norms.csv: per step, each weight's gradient L2 norm and its update-to-weight ratio ||dW|| / ||W||.
+
+    Vanishing gradients show as norms falling layer by layer towards the input; a healthy
+    update ratio is around 1e-3 (far smaller: learning stalls; near 1: too large a step).
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / "grad_norms.csv"
+        self.row, self.before, self.csv = {}, {}, None
+
+    def on_before_update(self, state, params, grads):
+        for name, g in grads.items():
+            if name.endswith(".W"):
+                self.row[f"{name[:-2]}.grad_norm"] = math.sqrt(float(np.vdot(g, g)))
+                self.before[name] = params[name].copy()
+
+    def on_after_update(self, state, params):
+        for name, old in self.before.items():
+            delta = params[name] - old
+            self.row[f"{name[:-2]}.update_ratio"] = math.sqrt(float(np.vdot(delta, delta)) / max(float(np.vdot(old, old)), 1e-30))
+
+    def on_step_end(self, state, logs):
+        row = {"step": logs["step"], "epoch": logs["epoch"], **self.row}
+        if self.csv is None:  # the columns are known once the first step has named the weights
+            self.csv = CsvAppender(self.path, row)
+        self.csv.append(row)
+
+    def on_train_end(self, state):
+        if self.csv is not None:
+            self.csv.close()
+
+    on_interrupt = on_train_end
+
+
+class EarlyStopping(Callback):
+    """Stops training after `patience` epochs in which the monitored metric did not improve."""
+
+    def __init__(self, monitor: Monitor, patience: int = 5):
+        self.monitor, self.patience = monitor, patience
+        self.best = None
+
+    def on_train_begin(self, state, steps_per_epoch):
+        # replay the epochs up to the last improvement, so a resumed run knows its best
+        self.best, _ = self.monitor.best(state.history[: len(state.history) - state.wait])
+
+    def on_epoch_end(self, state, logs):
+        value = self.monitor.value(logs)
+        if self.monitor.improved(value, self.best):
+            self.best, state.wait = value, 0
+        else:
+            state.wait += 1
+            if state.wait >= self.patience:
+                state.stopped_early = True
+
+
+class Checkpointer(Callback):
+    """checkpoints/last.npz every epoch (and every `every` steps, and on interrupt); best.npz when the monitor improves.
+
+    Runs after the loggers (order 10), so every row a checkpoint covers is already written.
+    """
+
+    order = 10
+
+    def __init__(self, run_dir: Path, config_text: str, model, optimizer, classes, preprocess_state: dict,
+                 monitor: Monitor, every: int | None = None):
+        self.dir = run_dir / "checkpoints"
+        self.config_text, self.model, self.optimizer = config_text, model, optimizer
+        self.classes, self.preprocess = list(classes), preprocess_state
+        self.monitor, self.every = monitor, every
+
+    def save(self, name: str, state: TrainState) -> None:
+        meta = {"epoch": state.epoch, "step": state.step, "classes": self.classes,
+                "rng": self.model.rng.bit_generator.state, "input_shape": list(self.model.in_shape),
+                "preprocess": self.preprocess,
+                "state": state.to_dict(), "cnntrain_version": __version__}
+        save_checkpoint(self.dir / name, self.config_text, meta,
+                        {**self.model.state_dict(), **self.optimizer.state_dict()})
+
+    def on_step_end(self, state, logs):
+        if self.every and state.step % self.every == 0:
+            self.save("last.npz", state)
+
+    def on_interrupt(self, state):
+        self.save("last.npz", state)
+
+    def on_epoch_end(self, state, logs):
+        value = self.monitor.value(logs)
+        better = self.monitor.improved(value, state.best_value)
+        if better:
+            state.best_value, state.best_epoch = value, state.epoch
+        self.save("last.npz", state)
+        if better:
+            self.save("best.npz", state)
+
+
+class PlotCallback(Callback):
+    """Redraws loss.png, accuracy.png and lr.png so a long run can be watched: after an epoch when
+    `every` seconds have passed since the last drawing, and when training ends or stops."""
+
+    order = 20  # after the checkpoint, so a slow drawing never delays it
+
+    def __init__(self, run_dir: Path, every: float = 10.0):
+        self.run_dir, self.every, self.last = run_dir, every, -math.inf
+
+    def draw(self, state=None):
+        from .plots import plot_grad_norms, plot_run
+
+        plot_run(self.run_dir)
+        if (self.run_dir / "grad_norms.csv").exists():
+            plot_grad_norms(self.run_dir)
+        self.last = time.monotonic()
+
+    def on_epoch_end(self, state, logs):
+        if time.monotonic() - self.last >= self.every:
+            self.draw()
+
+    on_train_end = on_interrupt = draw

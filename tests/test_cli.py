@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import json
+import os
+import struct
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from cnntrain.cli import cli
+from cnntrain.layers.dense import Dense
+from cnntrain.layers.pool import MaxPool2D
 from cnntrain.runs import load_checkpoint
 
 SMALL = """
@@ -47,6 +54,35 @@ def small_config(tmp_path):
 
 def invoke(*args):
     return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def read_mnist_test(n):
+    """The first n MNIST test images (n, 28, 28) uint8 and labels (n,), parsed here from the gzipped IDX files."""
+    folders = [Path(d) / "mnist" for d in os.environ.get("CNNTRAIN_DATA", "").split(os.pathsep) if d]
+    folder = next((f for f in folders if (f / "t10k-images-idx3-ubyte.gz").is_file()), None)
+    assert folder is not None, f"no t10k-images-idx3-ubyte.gz in {folders} (set CNNTRAIN_DATA)"
+    images = gzip.decompress((folder / "t10k-images-idx3-ubyte.gz").read_bytes())
+    labels = gzip.decompress((folder / "t10k-labels-idx1-ubyte.gz").read_bytes())
+    magic, count, rows, cols = struct.unpack(">4I", images[:16])  # header: magic 2051, N, H, W
+    assert (magic, rows, cols) == (2051, 28, 28) and struct.unpack(">2I", labels[:8]) == (2049, count)
+    x = np.frombuffer(images, dtype=np.uint8, offset=16).reshape(count, rows, cols)
+    return x[:n], np.frombuffer(labels, dtype=np.uint8, offset=8)[:n].astype(np.int64)
+
+
+def small_forward(x, arrays):
+    """SMALL's network in float64: conv 3x3 'same' as 9 shifted slices, relu, 2x2 max pool, flatten (c, h, w), dense.
+
+    x: (N, 1, 28, 28) -> logits (N, 10).
+    """
+    W, b = arrays["layers.0.W"].astype(np.float64), arrays["layers.0.b"].astype(np.float64)  # (8, 1, 3, 3), (8,)
+    N, (F, C, KH, KW) = len(x), W.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))  # 'same' for 3x3, stride 1: one zero row/column each side
+    h = np.broadcast_to(b[:, None, None], (N, F, 28, 28)).copy()
+    for i in range(KH):
+        for j in range(KW):
+            h += np.einsum("nchw,fc->nfhw", xp[:, :, i : i + 28, j : j + 28], W[:, :, i, j])
+    h = np.maximum(h, 0).reshape(N, F, 14, 2, 14, 2).max(axis=(3, 5))  # (N, 8, 14, 14)
+    return h.reshape(N, -1) @ arrays["layers.4.W"].astype(np.float64) + arrays["layers.4.b"]
 
 
 def test_help_lists_commands_and_does_not_import_numpy():
@@ -91,6 +127,7 @@ def test_print_config_shows_resolved_defaults(small_config):
     assert "lr: 0.01" in result.output and "betas:" in result.output and "eval_batch_size: 1000" in result.output
 
 
+@pytest.mark.slow
 def test_train_on_real_mnist_subset_then_eval(tmp_path, small_config):
     runs = tmp_path / "runs"
     result = invoke("run", small_config, "--runs-dir", runs)
@@ -121,6 +158,19 @@ def test_train_on_real_mnist_subset_then_eval(tmp_path, small_config):
     ev = json.loads(result.output.strip().splitlines()[-1])
     assert ev["n"] == 1000 and ev["accuracy"] == pytest.approx(summary["test_accuracy"], abs=1e-12)
     assert ev["loss"] == pytest.approx(summary["test_loss"], rel=1e-6)
+    # An oracle sharing no code with eval: the IDX files parsed here, SMALL's normalize, a plain NumPy forward.
+    assert meta["preprocess"]["scale"] == pytest.approx([1 / (255 * 0.3081)])
+    assert meta["preprocess"]["offset"] == pytest.approx([-0.1307 / 0.3081])
+    u8, labels = read_mnist_test(1000)  # data.limit_test keeps the test file's first images
+    logits = small_forward((u8[:, None] / 255 - 0.1307) / 0.3081, arrays)
+    log_z = np.log(np.exp(logits - logits.max(axis=1, keepdims=True)).sum(axis=1)) + logits.max(axis=1)
+    top2 = np.sort(logits, axis=1)[:, -2:]
+    assert np.min(top2[:, 1] - top2[:, 0]) > 1e-4, "a near tie would make the float32/float64 argmax ambiguous"
+    correct = int((logits.argmax(axis=1) == labels).sum())
+    assert correct == round(ev["accuracy"] * 1000), (correct, ev["accuracy"])
+    assert ev["loss"] == pytest.approx(np.mean(log_z - logits[np.arange(1000), labels]), abs=1e-5)
+    per_class = {str(c): float(np.mean(logits[labels == c].argmax(axis=1) == c)) for c in range(10)}
+    assert ev["per_class_accuracy"] == pytest.approx(per_class, abs=1e-12)
     assert set(ev["per_class_accuracy"]) == {str(i) for i in range(10)}
     assert np.array(ev["confusion_matrix"]).sum() == 1000
     result = invoke("eval", run_dir / "checkpoints" / "last.npz", "--split", "val")
@@ -161,13 +211,36 @@ def test_summary_refuses_networks_that_cannot_be_built(small_config, override, f
     assert result.exit_code == 2 and fragment in result.output, result.output
 
 
-def test_bench_reports_throughput_and_per_layer_profile(small_config):
-    result = invoke("bench", small_config, "--steps", "2", "--batch-size", "8", "--json")
+def test_bench_reports_throughput_and_per_layer_profile(small_config, monkeypatch):
+    """Known sleeps in maxpool's forward and dense's backward show up in exactly those cells of the profile."""
+    pool_ms, dense_ms = 30, 15
+
+    def slowed(method, ms):
+        def wrapper(self, *args, **kwargs):
+            out = method(self, *args, **kwargs)
+            time.sleep(ms / 1e3)
+            return out
+        return wrapper
+
+    with monkeypatch.context() as m:
+        m.setattr(MaxPool2D, "forward", slowed(MaxPool2D.forward, pool_ms))
+        m.setattr(Dense, "backward", slowed(Dense.backward, dense_ms))
+        result = invoke("bench", small_config, "--steps", "2", "--batch-size", "8", "--json")
     assert result.exit_code == 0, result.output
     r = json.loads(result.output)
     assert r["batch_size"] == 8 and r["train_images_per_s"] > 0 and r["infer_images_per_s"] > 0
-    assert [row["type"] for row in r["layers"]] == ["conv2d", "relu", "maxpool2d", "flatten", "dense"]
-    assert sum(row["share"] for row in r["layers"]) == pytest.approx(1.0)
     assert 0 < r["peak_memory_mb"] < 1024
+    layers = r["layers"]
+    assert [row["type"] for row in layers] == ["conv2d", "relu", "maxpool2d", "flatten", "dense"]
+    pool, dense = layers[2], layers[4]
+    # Each cell is per step: at least the sleep, well under two (the unslowed layers take < 1 ms at batch 8).
+    assert pool_ms <= pool["forward_ms"] < 2 * pool_ms, pool
+    assert dense_ms <= dense["backward_ms"] < 2 * dense_ms, dense
+    others = [(row["type"], key, row[key]) for row in layers for key in ("forward_ms", "backward_ms")
+              if (row, key) not in ((pool, "forward_ms"), (dense, "backward_ms"))]
+    assert all(ms < dense_ms / 2 for _, _, ms in others), others
+    shares = [row["share"] for row in layers]
+    assert max(shares) == pool["share"] and sorted(shares)[-2] == dense["share"], shares
+    assert pool["share"] == pytest.approx(pool_ms / (pool_ms + dense_ms), abs=0.1), shares  # 2/3 of the layer time
     result = invoke("bench", small_config, "--steps", "2")
     assert result.exit_code == 0 and "images/s" in result.output and "maxpool2d" in result.output

@@ -6,7 +6,6 @@ No NumPy here (it is imported by the functions the commands call), so `--help` s
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import click
@@ -29,10 +28,6 @@ class Group(click.Group):
 @click.version_option(package_name="cnntrain")
 def cli():
     """Train and understand convolutional networks written in plain NumPy."""
-
-
-def _pct(value) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}%"
 
 
 @cli.command()
@@ -79,7 +74,7 @@ def run(config, overrides, name, runs_dir, print_config, resume_dir, grids, jobs
         group = run_grid(config, overrides, grids, runs_dir, jobs, echo=echo)
         ctx = click.get_current_context()
         ctx.invoke(compare, runs=(str(group),), metrics=(), x_axis="epoch", smooth=None, logy=False,
-                   out=str(group / "compare.png"), as_json=False)
+                   out=str(group / "compare.png"), labels=(), as_json=False)
         from .compare import load_runs, table
         from .runs import write_json
 
@@ -98,10 +93,9 @@ def run(config, overrides, name, runs_dir, print_config, resume_dir, grids, jobs
 
 
 def _print_summary(s: dict) -> None:
-    click.echo(f"{s['name']}: test accuracy {_pct(s['test_accuracy'])} (loss {s['test_loss']:.4f}), "
-               f"best val accuracy {_pct(s['best_val_accuracy'])}, best {s['monitor']} at epoch {s['best_epoch']}, "
-               f"{s['epochs']} epochs in {s['train_seconds']:.1f} s ({s['images_per_second']:,.0f} images/s); "
-               f"run directory {s['run_dir']}")
+    from .report import final_line
+
+    click.echo(final_line(s))
 
 
 @cli.command("eval")
@@ -117,28 +111,20 @@ def eval_(target, split, as_json, batch_size):
     """
     from .inspection import evaluate_checkpoint
     from .plots import plot_confusion
+    from .report import eval_lines, pct
 
     result = evaluate_checkpoint(target, split, batch_size, log=lambda line: click.echo(line, err=True))
     ckpt = Path(result["checkpoint"])
     out_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
     png = out_dir / f"confusion_{split}_{ckpt.stem}.png"
     plot_confusion(result["confusion_matrix"], result["classes"], png,
-                   f"{split} split, {ckpt.name}: accuracy {_pct(result['accuracy'])}")
+                   f"{split} split, {ckpt.name}: accuracy {pct(result['accuracy'])}")
     result["confusion_png"] = str(png)
     if as_json:
         click.echo(json.dumps(result))
         return
-    click.echo(f"{result['checkpoint']} (epoch {result['epoch']}) on {split}: {result['n']} images")
-    click.echo(f"loss {result['loss']:.4f}  accuracy {_pct(result['accuracy'])}")
-    click.echo("per-class accuracy:")
-    for name, acc in result["per_class_accuracy"].items():
-        click.echo(f"  {name:>12}  {_pct(acc)}")
-    classes = result["classes"]
-    width = max(5, max(len(str(c)) for c in classes) + 1)
-    click.echo("confusion matrix (rows: true class, columns: predicted):")
-    click.echo(" " * width + "".join(f"{str(c)[:width - 1]:>{width}}" for c in classes))
-    for c, row in zip(classes, result["confusion_matrix"]):
-        click.echo(f"{str(c)[:width - 1]:>{width}}" + "".join(f"{v:>{width}}" for v in row))
+    for line in eval_lines(result, split):
+        click.echo(line)
     click.echo(f"confusion matrix figure: {png}")
 
 
@@ -150,25 +136,14 @@ def summary(config, overrides, as_json):
     """The network of CONFIG as a table: output shape, parameters, multiply-adds. No data, no training."""
     from .build import load_experiment
     from .inspection import summarize
+    from .report import summary_lines
 
     s = summarize(load_experiment(config, overrides))
     if as_json:
         click.echo(json.dumps({"layers": s["layers"], "totals": s["totals"], "input_shape": s["input_shape"]}))
         return
-    header = ("layer", "type", "output shape", "params", "MACs")
-    rows = [("input", "", _shape(s["input_shape"]), "", "")]
-    rows += [(r["name"], r["type"], _shape(r["output_shape"]), f"{r['params']:,}", f"{r['macs']:,}") for r in s["layers"]]
-    rows.append(("total", "", _shape(s["totals"]["output_shape"]), f"{s['totals']['params']:,}",
-                 f"{s['totals']['macs']:,}"))
-    widths = [max(len(row[i]) for row in rows + [header]) for i in range(5)]
-    line = lambda row: "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))  # noqa: E731
-    click.echo(f"{s['name']}: {len(s['layers'])} layers, multiply-adds per image")
-    click.echo(line(header))
-    click.echo("  ".join("-" * w for w in widths))
-    for row in rows[:-1]:
-        click.echo(line(row))
-    click.echo("  ".join("-" * w for w in widths))
-    click.echo(line(rows[-1]))
+    for line in summary_lines(s):
+        click.echo(line)
 
 
 @cli.command()
@@ -220,19 +195,14 @@ def bench(config, overrides, batch_size, steps, as_json):
     """
     from .bench import benchmark
     from .build import load_experiment
+    from .report import bench_lines
 
     r = benchmark(load_experiment(config, overrides), batch_size, steps)
     if as_json:
         click.echo(json.dumps(r))
         return
-    click.echo(f"{r['name']}: batch {r['batch_size']}, {r['steps']} timed steps after warm-up")
-    click.echo(f"train: {r['train_images_per_s']:,.0f} images/s ({r['train_step_ms']:.2f} ms/step)   "
-               f"inference: {r['infer_images_per_s']:,.0f} images/s   peak memory {r['peak_memory_mb']:.0f} MiB")
-    click.echo(f"{'layer':<10}{'type':<16}{'forward ms':>11}{'backward ms':>13}{'share':>8}")
-    for row in r["layers"]:
-        click.echo(f"{row['name']:<10}{row['type']:<16}{row['forward_ms']:>11.2f}{row['backward_ms']:>13.2f}"
-                   f"{100 * row['share']:>7.1f}%")
-    click.echo(f"{'loss, optimizer, overhead':<26}{r['other_ms']:>11.2f} ms")
+    for line in bench_lines(r):
+        click.echo(line)
 
 
 @cli.command()
@@ -245,18 +215,23 @@ def bench(config, overrides, batch_size, steps, as_json):
               help="Exponentially weighted average, beta 0.9 = about 10 points of memory.")
 @click.option("--logy", is_flag=True, help="Logarithmic y axis for losses and lr.")
 @click.option("--out", type=click.Path(dir_okay=False), default="compare.png", show_default=True)
+@click.option("--label", "labels", multiple=True, metavar="KEY.PATH",
+              help="Label runs by this config key (repeatable), e.g. --label optimizer.lr.")
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
-def compare(runs, metrics, x_axis, smooth, logy, out, as_json):
+def compare(runs, metrics, x_axis, smooth, logy, out, labels, as_json):
     """Overlay the curves of several runs in one figure and print a table.
 
     RUN_DIR may be a run directory, a glob, or a folder of runs. Runs are labelled by
-    the config keys that differ between them (e.g. optimizer.name=adam).
+    the config keys that differ between them (e.g. optimizer.name=adam; architectures
+    by a short layer summary), or by --label keys. The table gives each run's best value
+    of the metric it monitored (train.monitor) and its epoch, as in summary.json.
     """
     from .compare import load_runs, table
     from .errors import ConfigError
     from .plots import DEFAULT_PANELS, plot_compare
+    from .report import compare_lines
 
-    loaded = load_runs(runs)
+    loaded = load_runs(runs, labels)
     if metrics:
         for metric in metrics:
             for run in loaded:
@@ -271,14 +246,8 @@ def compare(runs, metrics, x_axis, smooth, logy, out, as_json):
     if as_json:
         click.echo(json.dumps({"runs": rows, "figure": str(figure)}))
         return
-    width = max(len("run"), *(len(r["label"]) for r in rows))
-    click.echo(f"{'run':<{width}}  {'best val acc':>12}  {'at epoch':>8}  {'final train loss':>16}  "
-               f"{'test acc':>8}  {'epochs':>6}  {'time (s)':>8}  {'images/s':>9}")
-    for r in rows:
-        ips = "-" if r["images_per_s"] is None else f"{r['images_per_s']:,.0f}"
-        click.echo(f"{r['label']:<{width}}  {_pct(r['best_val_acc']):>12}  {r['best_epoch'] or '-':>8}  "
-                   f"{r['final_train_loss']:>16.4f}  {_pct(r['test_acc']):>8}  {r['epochs']:>6}  "
-                   f"{r['train_seconds']:>8.1f}  {ips:>9}")
+    for line in compare_lines(rows):
+        click.echo(line)
     click.echo(f"figure: {figure}")
 
 
@@ -302,7 +271,7 @@ def surface(function, optimizers, steps, lrs, start, noise, seed, out):
     Prints where each optimizer ended, the gradient norm there, and what the Hessian's
     eigenvalues say the point is: minimum, maximum, saddle or undetermined.
     """
-    from .surface import classify, get_function, trajectory
+    from .surface import endpoint_lines, get_function, trajectory
     from .plots import plot_surface
 
     fn = get_function(function)
@@ -328,12 +297,8 @@ def surface(function, optimizers, steps, lrs, start, noise, seed, out):
         raise click.BadParameter("the figure must be a .png or .gif file", param_hint="--out")
     plot_surface(function, fn, paths, out, animate=out.lower().endswith(".gif"))
     click.echo(f"{function}: {fn.about}")
-    click.echo(f"{'optimizer':<24}{'steps':>6}  {'end (x, y)':>22}  {'f':>11}  {'|grad|':>9}  Hessian says")
-    for label, p in paths.items():
-        x, y = p[-1]
-        g = math.hypot(*fn.grad(x, y))
-        kind = classify(fn.hess(x, y)) + ("" if g < 1e-3 else " curvature (not yet a critical point)")
-        click.echo(f"{label:<24}{len(p) - 1:>6}  ({x:>9.4f}, {y:>9.4f})  {fn.f(x, y):>11.4g}  {g:>9.2e}  {kind}")
+    for line in endpoint_lines(fn, paths):
+        click.echo(line)
     click.echo(f"figure: {out}")
 
 
@@ -391,10 +356,6 @@ def predict(checkpoint, images, top_k, as_json):
     for r in results:
         tops = ", ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in r["top"])
         click.echo(f"{r['image']}: {tops}")
-
-
-def _shape(shape) -> str:
-    return str(tuple(shape))
 
 
 def main():

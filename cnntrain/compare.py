@@ -12,6 +12,8 @@ import numpy as np
 import yaml
 
 from .errors import ConfigError, RunError
+from .monitor import Monitor
+from .registry import did_you_mean
 from .runs import read_csv
 
 X_AXES = ("epoch", "step", "time")
@@ -26,6 +28,24 @@ class Run:
     label: str = ""
     flat: dict = field(default_factory=dict)
     steps: dict = field(default_factory=dict)  # steps.csv: per-step loss and lr, drawn when x is the step
+
+    @property
+    def monitor(self) -> Monitor:
+        """The run's monitor as training used it: from summary.json, else from its config and metrics."""
+        s = self.summary
+        if "monitor" in s:
+            return Monitor(s.get("monitor_requested", s["monitor"]), s.get("val_images", 1) > 0)
+        has_val = bool(np.isfinite(self.metrics.get("val_acc", np.array([np.nan]))).any())
+        return Monitor(self.flat.get("train.monitor", "val_acc"), has_val)
+
+    def best(self) -> tuple[float | None, int | None]:
+        """(best monitored value, its epoch): summary.json's for a finished run, else replayed from metrics.csv."""
+        s = self.summary
+        if s.get("status") == "completed" and "best_epoch" in s:
+            return s.get("best_monitor_value"), s["best_epoch"] or None
+        rows = [dict(zip(self.metrics, values)) for values in zip(*self.metrics.values())]
+        value, epoch = self.monitor.best(rows)
+        return value, epoch or None
 
     def curve(self, metric: str, axis: str):
         """(x, y) of a metric: per step from steps.csv for train_loss and lr on a step axis, else per epoch."""
@@ -58,6 +78,8 @@ def expand(targets) -> list[Path]:
                 found.append(path)
             elif path.is_dir():
                 found += sorted(p for p in path.iterdir() if (p / "metrics.csv").is_file())
+            elif glob.has_magic(str(target)) and path.exists():
+                continue  # a glob over a runs folder also matches its files (compare.png, grid.json)
             else:
                 raise ConfigError(f"{target}: no such run directory")
     if not found:
@@ -65,7 +87,7 @@ def expand(targets) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
-def load_runs(targets) -> list[Run]:
+def load_runs(targets, label_keys=()) -> list[Run]:
     runs = []
     for path in expand(targets):
         metrics = read_csv(path / "metrics.csv") if (path / "metrics.csv").is_file() else {}
@@ -81,26 +103,56 @@ def load_runs(targets) -> list[Run]:
             summary = {}
         steps = read_csv(path / "steps.csv") if (path / "steps.csv").is_file() else {}
         runs.append(Run(path, config, metrics, summary, flat=flatten(config), steps=steps))
-    label_runs(runs)
+    label_runs(runs, label_keys)
     return runs
 
 
-def label_runs(runs: list[Run]) -> None:
-    """Label each run by the config keys whose values differ between the runs (not by folder name).
+def label_runs(runs: list[Run], keys=()) -> None:
+    """Label each run by `keys` (config key paths) or by the config keys whose values differ between the runs.
 
     Only keys every run has count (adam's betas are no difference from sgd, whose name already
-    differs), and `*.name` keys come first.
+    differs), and `*.name` keys come first. Differing architectures are named by a short layer
+    summary; other long lists by the run's name.
     """
-    keys = set.intersection(*(set(r.flat) for r in runs)) - {"name"}
-    differ = [k for k in keys if len({json.dumps(r.flat[k], sort_keys=True) for r in runs}) > 1]
-    differ.sort(key=lambda k: (not k.endswith(".name"), k))
+    if keys:
+        for key in keys:
+            for r in runs:
+                if key not in r.flat:
+                    raise ConfigError(f"--label {key}: {r.path}/config.yaml has no such key"
+                                      f"{did_you_mean(key, r.flat)}")
+        differ = list(keys)
+    else:
+        common = set.intersection(*(set(r.flat) for r in runs)) - {"name"}
+        differ = [k for k in common if len({json.dumps(r.flat[k], sort_keys=True) for r in runs}) > 1]
+        differ.sort(key=lambda k: (not k.endswith(".name"), k))
     for r in runs:
-        parts = [f"{k}={_short(r.flat.get(k))}" for k in differ]
-        r.label = ", ".join(parts) if parts and len(runs) > 1 else r.path.name
+        parts = [_part(k, r) for k in differ]
+        r.label = ", ".join(parts) if parts and (len(runs) > 1 or keys) else r.path.name
     labels = [r.label for r in runs]
     for r in runs:  # two runs with identical configs (e.g. repeated): tell them apart by folder
         if labels.count(r.label) > 1:
             r.label = f"{r.label} ({r.path.name})"
+
+
+def _part(key: str, run: Run) -> str:
+    value = run.flat.get(key)
+    if key == "model.layers" and isinstance(value, list):
+        return f"layers={layer_summary(value)}"
+    if isinstance(value, list) and len(json.dumps(value)) > 30:
+        return f"name={run.config.get('name') or run.path.name}"
+    return f"{key}={_short(value)}"
+
+
+def layer_summary(layers: list) -> str:
+    """[conv2d: {filters: 8}, relu, maxpool2d, flatten, dense: {units: 10}] -> 'conv2d8 relu maxpool2d dense10'."""
+    words = []
+    for entry in layers:
+        name, options = (entry, {}) if isinstance(entry, str) else next(iter(entry.items()))
+        if name == "flatten":
+            continue
+        size = (options or {}).get("filters", (options or {}).get("units", ""))
+        words.append(f"{name}{size}")
+    return " ".join(words)
 
 
 def _short(value) -> str:
@@ -133,17 +185,14 @@ def x_values(run: Run, axis: str) -> np.ndarray:
 
 
 def table(runs: list[Run]) -> list[dict]:
-    """One row per run: best val accuracy and its epoch, final train loss, test accuracy, time, speed."""
+    """One row per run: the monitored metric's best value and epoch, final train loss, test accuracy, time, speed."""
     rows = []
     for r in runs:
-        val = r.metrics.get("val_acc", np.array([np.nan]))
-        has_val = np.isfinite(val).any()
-        best = int(np.nanargmax(val)) if has_val else None
         s = r.summary
+        best, epoch = r.best()
         rows.append({
-            "label": r.label, "run_dir": str(r.path),
-            "best_val_acc": float(val[best]) if has_val else None,
-            "best_epoch": int(r.metrics["epoch"][best]) if has_val else None,
+            "label": r.label, "run_dir": str(r.path), "monitor": r.monitor.describe(), "monitor_metric": r.monitor.name,
+            "best": best, "best_epoch": epoch,
             "final_train_loss": float(r.metrics["train_loss"][-1]),
             "test_acc": s.get("test_accuracy"), "epochs": int(r.metrics["epoch"][-1]),
             "train_seconds": float(np.nansum(r.metrics["seconds"])),

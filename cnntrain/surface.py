@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -110,3 +111,14 @@ def trajectory(fn: Function, optimizer: str, lr: float, steps: int, start, noise
             break  # diverged: stop the path where it left the picture
         path.append(p.copy())
     return np.array(path)
+
+
+def endpoint_lines(fn, paths: dict) -> list[str]:
+    """Where each path ended, the gradient norm there, and what the Hessian's eigenvalues say the point is."""
+    lines = [f"{'optimizer':<24}{'steps':>6}  {'end (x, y)':>22}  {'f':>11}  {'|grad|':>9}  Hessian says"]
+    for label, p in paths.items():
+        x, y = p[-1]
+        g = math.hypot(*fn.grad(x, y))
+        kind = classify(fn.hess(x, y)) + ("" if g < 1e-3 else " curvature (not yet a critical point)")
+        lines.append(f"{label:<24}{len(p) - 1:>6}  ({x:>9.4f}, {y:>9.4f})  {fn.f(x, y):>11.4g}  {g:>9.2e}  {kind}")
+    return lines

@@ -47,9 +47,9 @@ def test_labels_say_what_differs_and_unequal_lengths_compare(tmp_path):
                                       "--x", "time", "--smooth", "0.9", "--logy"])
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)["runs"]
-    # best val acc: epoch 2 of the 3-epoch run (0.58), epoch 4 of the 5-epoch run (0.66)
-    assert [(r["best_val_acc"], r["best_epoch"], r["epochs"]) for r in rows] == [
-        (pytest.approx(0.58), 2, 3), (pytest.approx(0.66), 4, 5)]
+    # no train.monitor in these configs: val_acc, best at epoch 2 of the 3-epoch run (0.58), 4 of the 5-epoch run (0.66)
+    assert [(r["monitor"], r["best"], r["best_epoch"], r["epochs"]) for r in rows] == [
+        ("val_acc", pytest.approx(0.58), 2, 3), ("val_acc", pytest.approx(0.66), 4, 5)]
     assert rows[0]["test_acc"] == 0.9 and rows[1]["test_acc"] is None
     assert rows[0]["train_seconds"] == 6.0 and rows[0]["final_train_loss"] == pytest.approx(1 / 3)
     assert (tmp_path / "c.png").stat().st_size > 10_000

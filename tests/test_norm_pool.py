@@ -32,9 +32,12 @@ def test_avgpool_same_padding_does_not_count_the_padding():
     assert dx.tolist() == [[[[1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]]]
 
 
-def test_avgpool_rejects_a_window_made_only_of_padding():
-    with pytest.raises(ValueError, match=r"^padding: 3 leaves a 2x2 window with no input element"):
-        make("avgpool2d", {"size": 2, "padding": 3}, (1, 4, 4))
+@pytest.mark.parametrize("name", ["avgpool2d", "maxpool2d"])
+def test_pooling_rejects_a_window_made_only_of_padding(name):
+    # padding 2 around 4x4 with 2x2 windows: the corner windows see only padding (max -inf, mean 0/0)
+    with pytest.raises(ValueError, match=r"^padding: 2 leaves a 2x2 window with no input element"):
+        make(name, {"size": 2, "padding": 2}, (1, 4, 4))
+    make(name, {"size": 3, "stride": 2, "padding": 1}, (1, 4, 4))  # partly padded windows are fine
 
 
 def test_avgpool_default_stride_drops_trailing_rows_and_columns():

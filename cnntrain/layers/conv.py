@@ -23,6 +23,8 @@ class Conv2D(Layer):
 
     x: (N, C, H, W) -> y: (N, F, OH, OW); W: (F, C, KH, KW), b: (F,).
     OH = floor((H + pad_top + pad_bottom - dilation*(KH-1) - 1) / stride) + 1.
+    The plain loops: reference.conv2d_forward / conv2d_backward; this is im2col and GEMMs on
+    channels-last memory (channels_last.py), tested equal to them.
     """
 
     def __init__(self, filters: int, kernel_size=3, stride=1, padding="valid", dilation=1,

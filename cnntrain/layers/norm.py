@@ -18,6 +18,7 @@ class BatchNorm(Layer):
     Training: batch mean and biased variance over N (and H, W); running = (1 - momentum) * running
     + momentum * batch_stat (PyTorch's convention, running_var from the unbiased variance).
     Evaluation: the running statistics. gamma, beta, running_mean, running_var: (C,) or (D,).
+    The plain version, node by node: reference.batchnorm_forward / batchnorm_backward / batchnorm_inference.
     """
 
     def __init__(self, momentum: float = 0.1, eps: float = 1e-5):

@@ -32,6 +32,13 @@ class _Pool2D(Layer):
         if OH < 1 or OW < 1:
             raise ValueError(f"window {self.size[0]}x{self.size[1]} leaves nothing of the input {C}x{H}x{W}")
         self.in_shape, self.out_shape = (C, H, W), (C, OH, OW)
+        (t, b), (l, r) = self.pads
+        inside = np.zeros((H + t + b, W + l + r))
+        inside[t : t + H, l : l + W] = 1
+        self._count = sum(inside[rows, cols] for _, rows, cols in self._offsets())  # (OH, OW) input elements per window
+        if self._count.min() == 0:  # a max over padding alone is -inf; a mean over nothing divides by 0
+            raise ValueError(f"padding: {self.padding!r} leaves a {self.size[0]}x{self.size[1]} window "
+                             f"with no input element (input {C}x{H}x{W})")
         return self.out_shape
 
     def _offsets(self):
@@ -52,6 +59,7 @@ class MaxPool2D(_Pool2D):
 
     x: (N, C, H, W) -> (N, C, OH, OW). stride defaults to size; padding pads with -inf.
     The gradient goes to the first maximum of each window (row-major), as in PyTorch.
+    The plain loops: reference.maxpool2d_forward / maxpool2d_backward.
     """
 
     def forward(self, x, training):
@@ -79,19 +87,12 @@ class AvgPool2D(_Pool2D):
     x: (N, C, H, W) -> (N, C, OH, OW). stride defaults to size. Padding is not counted: a window
     hanging over the border divides by its in-input element count (Keras 'same'; PyTorch's
     count_include_pad=False), so a constant input stays constant.
+    The plain loops: reference.avgpool2d_forward / avgpool2d_backward.
     """
 
     def build(self, in_shape, rng):
-        C, OH, OW = super().build(in_shape, rng)
-        (t, b), (l, r) = self.pads
-        _, H, W = self.in_shape
-        inside = np.zeros((H + t + b, W + l + r))
-        inside[t : t + H, l : l + W] = 1
-        count = sum(inside[rows, cols] for _, rows, cols in self._offsets())  # (OH, OW)
-        if count.min() == 0:
-            raise ValueError(f"padding: {self.padding!r} leaves a {self.size[0]}x{self.size[1]} window "
-                             f"with no input element (input {C}x{H}x{W})")
-        self._count, self._inv_count = count, 1.0 / count
+        super().build(in_shape, rng)
+        self._inv_count = 1.0 / self._count
         return self.out_shape
 
     def _row_col_slices(self):
@@ -135,7 +136,10 @@ class AvgPool2D(_Pool2D):
 
 @LAYERS.register("global_avgpool")
 class GlobalAvgPool2D(Layer):
-    """y[n, c] = mean of x[n, c] over H and W.  x: (N, C, H, W) -> (N, C)."""
+    """y[n, c] = mean of x[n, c] over H and W.  x: (N, C, H, W) -> (N, C).
+
+    The plain loops: reference.avgpool2d_forward with one window the size of the input.
+    """
 
     def build(self, in_shape, rng):
         if len(in_shape) != 3:
@@ -173,6 +177,7 @@ class SpatialPyramidPooling(Layer):
     Level n pools n x n bins with PyTorch's adaptive-pooling boundaries; each level is flattened
     channel-major (c, i, j) and the levels are concatenated in order, so the length does not
     depend on H and W (any H, W >= max(levels)). mode 'max': the gradient goes to the first maximum of a bin.
+    The plain loops: reference.spp_forward / spp_backward.
     """
 
     def __init__(self, levels=(1, 2, 4), mode: str = "max"):

@@ -69,16 +69,14 @@ def run(config, overrides, name, runs_dir, print_config, resume_dir, grids, jobs
     if grids:
         if name is not None or print_config:
             raise click.UsageError("--grid takes no --name or --print-config")
-        from .grid import run_grid
+        from .grid import compare_group, run_grid
+        from .report import compare_lines
 
         group = run_grid(config, overrides, grids, runs_dir, jobs, echo=echo)
-        ctx = click.get_current_context()
-        ctx.invoke(compare, runs=(str(group),), metrics=(), x_axis="epoch", smooth=None, logy=False,
-                   out=str(group / "compare.png"), labels=(), as_json=False)
-        from .compare import load_runs, table
-        from .runs import write_json
-
-        write_json(group / "compare.json", table(load_runs([group])))
+        figure, rows = compare_group(group)
+        for line in compare_lines(rows):
+            click.echo(line)
+        click.echo(f"figure: {figure}")
         click.echo(f"table: {group / 'compare.json'}")
         return
     from .build import load_experiment
@@ -271,28 +269,12 @@ def surface(function, optimizers, steps, lrs, start, noise, seed, out):
     Prints where each optimizer ended, the gradient norm there, and what the Hessian's
     eigenvalues say the point is: minimum, maximum, saddle or undetermined.
     """
-    from .surface import endpoint_lines, get_function, trajectory
+    from .surface import descend, endpoint_lines, get_function, parse_rates, parse_start
     from .plots import plot_surface
 
     fn = get_function(function)
-    try:
-        start_xy = fn.start if start is None else tuple(float(v) for v in start.split(","))
-        if len(start_xy) != 2:
-            raise ValueError
-    except ValueError:
-        raise click.BadParameter(f"expected X,Y, got {start!r}", param_hint="--start") from None
-    names = [n.strip() for n in optimizers.split(",") if n.strip()]
-    rates = {}
-    for item in lrs:
-        key, sep, value = item.rpartition("=")
-        try:
-            rates[key if sep else "*"] = float(value)
-        except ValueError:
-            raise click.BadParameter(f"expected LR or NAME=LR, got {item!r}", param_hint="--lr") from None
-    paths = {}
-    for name in names:
-        lr = rates.get(name, rates.get("*", fn.lr))
-        paths[f"{name} (lr {lr:g})"] = trajectory(fn, name, lr, steps, start_xy, noise, seed)
+    paths = descend(fn, [n.strip() for n in optimizers.split(",") if n.strip()], parse_rates(lrs), steps,
+                    parse_start(start, fn), noise, seed)
     if not out.lower().endswith((".png", ".gif")):
         raise click.BadParameter("the figure must be a .png or .gif file", param_hint="--out")
     plot_surface(function, fn, paths, out, animate=out.lower().endswith(".gif"))

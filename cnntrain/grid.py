@@ -81,3 +81,15 @@ def run_grid(config: str, overrides, grids, runs_dir, jobs: int = 1, echo=print)
     if failed:
         raise RunError(f"{len(failed)} of {len(combos)} grid runs failed ({'; '.join(failed)}); the others are in {group}")
     return group
+
+
+def compare_group(group: Path) -> tuple[Path, list[dict]]:
+    """The group's compare.png and compare.json (the table as `cnntrain compare` prints it)."""
+    from .compare import load_runs, table
+    from .plots import DEFAULT_PANELS, plot_compare
+
+    runs = load_runs([group])
+    figure = plot_compare(runs, DEFAULT_PANELS, "epoch", None, False, group / "compare.png")
+    rows = table(runs)
+    write_json(group / "compare.json", rows)
+    return figure, rows

@@ -122,3 +122,35 @@ def endpoint_lines(fn, paths: dict) -> list[str]:
         kind = classify(fn.hess(x, y)) + ("" if g < 1e-3 else " curvature (not yet a critical point)")
         lines.append(f"{label:<24}{len(p) - 1:>6}  ({x:>9.4f}, {y:>9.4f})  {fn.f(x, y):>11.4g}  {g:>9.2e}  {kind}")
     return lines
+
+
+def parse_start(text: str | None, fn) -> tuple[float, float]:
+    """`--start X,Y` as a point (default: the function's own starting point)."""
+    if text is None:
+        return fn.start
+    try:
+        x, y = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--start: expected X,Y, got {text!r}") from None
+    return x, y
+
+
+def parse_rates(items) -> dict[str, float]:
+    """`--lr 0.05` and `--lr adam=0.05` as {optimizer or '*': lr}."""
+    rates = {}
+    for item in items:
+        key, sep, value = item.rpartition("=")
+        try:
+            rates[key if sep else "*"] = float(value)
+        except ValueError:
+            raise ConfigError(f"--lr: expected LR or NAME=LR, got {item!r}") from None
+    return rates
+
+
+def descend(fn, names, rates: dict, steps: int, start, noise: float = 0.0, seed: int = 0) -> dict:
+    """{'<name> (lr <lr>)': path} for each optimizer, its lr from rates (a name, else '*', else the function's)."""
+    paths = {}
+    for name in names:
+        lr = rates.get(name, rates.get("*", fn.lr))
+        paths[f"{name} (lr {lr:g})"] = trajectory(fn, name, lr, steps, start, noise, seed)
+    return paths

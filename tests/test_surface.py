@@ -118,3 +118,14 @@ def test_symlog_ticks_and_first_outside():
     assert symlog_ticks(4.0, -3.0, 500.0) == [-4.0, -2.0, 0.0, 2.0, 4.0, 100.0, 1000.0]
     p = np.array([[0.0, 0.0], [1.0, 1.9], [1.0, 2.1], [0.0, 0.0]])
     assert first_outside(p, (-2, 2), (-2, 2)) == 2 and first_outside(p[:2], (-2, 2), (-2, 2)) is None
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--start", "1,x"], "error: --start: expected X,Y, got '1,x'"),
+    (["--start", "1,2,3"], "error: --start: expected X,Y, got '1,2,3'"),
+    (["--lr", "adam=fast"], "error: --lr: expected LR or NAME=LR, got 'adam=fast'"),
+])
+def test_bad_start_and_lr_are_one_line_usage_errors(tmp_path, args, message):
+    result = CliRunner().invoke(cli, ["surface", *args, "--out", str(tmp_path / "s.png")])
+    assert result.exit_code == 2 and result.output.strip() == message, result.output
+    assert not (tmp_path / "s.png").exists()

@@ -224,18 +224,14 @@ def compare(runs, metrics, x_axis, smooth, logy, out, labels, as_json):
     by a short layer summary), or by --label keys. The table gives each run's best value
     of the metric it monitored (train.monitor) and its epoch, as in summary.json.
     """
-    from .compare import load_runs, table
-    from .errors import ConfigError
+    from .compare import load_runs, require, table
     from .plots import DEFAULT_PANELS, plot_compare
     from .report import compare_lines
 
     loaded = load_runs(runs, labels)
     if metrics:
         for metric in metrics:
-            for run in loaded:
-                if metric not in run.metrics:
-                    raise ConfigError(f"--metric {metric}: {run.path}/metrics.csv has no such column "
-                                      f"(columns: {', '.join(run.metrics)})")
+            require(loaded, "--metric", metric)
         panels = [(m, (m,)) for m in metrics]
     else:
         panels = DEFAULT_PANELS

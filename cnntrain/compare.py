@@ -107,6 +107,17 @@ def load_runs(targets, label_keys=()) -> list[Run]:
     return runs
 
 
+def require(runs: list[Run], option: str, key: str) -> None:
+    """ConfigError unless every run has `key`: a metrics.csv column for --metric, a config key path for --label."""
+    for r in runs:
+        if option == "--metric":
+            where, keys, listing = "metrics.csv has no such column", list(r.metrics), f" (columns: {', '.join(r.metrics)})"
+        else:
+            where, keys, listing = "config.yaml has no such key", list(r.flat), ""
+        if key not in keys:
+            raise ConfigError(f"{option} {key}: {r.path}/{where}{did_you_mean(key, keys)}{listing}")
+
+
 def label_runs(runs: list[Run], keys=()) -> None:
     """Label each run by `keys` (config key paths) or by the config keys whose values differ between the runs.
 
@@ -116,10 +127,7 @@ def label_runs(runs: list[Run], keys=()) -> None:
     """
     if keys:
         for key in keys:
-            for r in runs:
-                if key not in r.flat:
-                    raise ConfigError(f"--label {key}: {r.path}/config.yaml has no such key"
-                                      f"{did_you_mean(key, r.flat)}")
+            require(runs, "--label", key)
         differ = list(keys)
     else:
         common = set.intersection(*(set(r.flat) for r in runs)) - {"name"}

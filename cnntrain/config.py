@@ -27,7 +27,7 @@ from .schema import apply_override, build_dataclass, parse_yaml, step_entry
 @dataclass
 class DataConfig:
     dataset: str = "mnist"                    # registered dataset: mnist | fashion_mnist | cifar10 | image_folder
-    root: Optional[str] = None                # searched first, then $CNNTRAIN_DATA, ~/.cache/cnntrain, /usr/share/datasets
+    root: Optional[str] = None                # the only folder looked in when set; else $CNNTRAIN_DATA, ~/.cache/cnntrain, /usr/share/datasets
     download: bool = True                     # fetch missing files from public mirrors (checksum-verified, cached)
     mirror: Optional[str] = None              # a base URL tried before the public mirrors
     path: Optional[str] = None                # image_folder: folder with one sub-folder of images per class (training set)

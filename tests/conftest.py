@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # gradcheck.py and reference.py
+sys.path.insert(0, str(Path(__file__).parent))  # gradcheck.py
 os.environ.setdefault("MPLBACKEND", "Agg")
 # Real MNIST for integration tests: ../shared/datasets beside the repository, unless set already.
 _shared = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"

@@ -152,3 +152,35 @@ class PlotCallback(Callback):
             self.draw()
 
     on_train_end = on_interrupt = draw
+
+
+class ThreadPolicy(Callback):
+    """BLAS threads at the start of every epoch (see threads.py): train.threads, an explicit
+    OMP_NUM_THREADS-style variable, else max(1, cores // live cnntrain training processes).
+    The process's own count comes back when training ends."""
+
+    def __init__(self, processes, requested: int | None, echo):
+        self.processes, self.requested, self.echo = processes, requested, echo
+        self.threads = self.initial = None
+
+    def on_epoch_begin(self, state):
+        from .threads import blas_threads, choose, set_blas_threads
+
+        current = blas_threads()
+        if self.initial is None:
+            self.initial = current
+        n, why = choose(self.requested, self.processes.count())
+        if n is not None and current is not None and n != current:
+            set_blas_threads(n)
+            if n < current:
+                self.echo(f"threads: {why}, so this run uses {n} BLAS thread{'s' if n > 1 else ''} instead of "
+                          f"{current} (set train.threads or OMP_NUM_THREADS to choose)")
+        self.threads = current if n is None else n
+
+    def on_train_end(self, state):
+        from .threads import set_blas_threads
+
+        if self.initial is not None:
+            set_blas_threads(self.initial)
+
+    on_interrupt = on_train_end

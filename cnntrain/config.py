@@ -83,6 +83,7 @@ class TrainConfig:
     checkpoint_every: Optional[int] = None    # also save checkpoints/last.npz every N steps (it is saved every epoch anyway)
     grad_clip_norm: Optional[float] = None    # rescale the gradient when its global L2 norm exceeds this
     log_grad_norms: bool = False   # log each layer's gradient norm and update/weight ratio per step (grad_norms.csv/.png)
+    threads: Optional[int] = None  # BLAS threads; default: cores / live cnntrain training processes, unless OMP_NUM_THREADS etc. is set
     early_stopping: Optional[EarlyStoppingConfig] = None  # e.g. {monitor: val_loss, patience: 3, min_delta: 0.001}
 
 
@@ -247,7 +248,7 @@ def _validate(cfg: Config) -> Config:
     base = cfg.optimizer.base_batch_size
     if cfg.optimizer.lr_scaling == "linear" and (isinstance(base, bool) or not isinstance(base, int) or base < 1):
         raise ConfigError(f"optimizer.base_batch_size: lr_scaling: linear needs an integer >= 1, got {base!r}")
-    for key in ("epochs", "batch_size", "eval_batch_size", "chunk_size", "checkpoint_every"):
+    for key in ("epochs", "batch_size", "eval_batch_size", "chunk_size", "checkpoint_every", "threads"):
         value = getattr(cfg.train, key)
         if isinstance(value, int) and value < 1:
             raise ConfigError(f"train.{key}: must be >= 1, got {getattr(cfg.train, key)}")

@@ -15,12 +15,13 @@ import numpy as np
 
 from . import __version__
 from .build import Experiment, Setup, build_setup, experiment_from_text
-from .callbacks import Checkpointer, CSVLogger, EarlyStopping, GradNormLogger, PlotCallback
+from .callbacks import Checkpointer, CSVLogger, EarlyStopping, GradNormLogger, PlotCallback, ThreadPolicy
 from .data.splits import load_splits
 from .errors import ConfigError, RunError, RunInterrupted
 from .monitor import Monitor
 from .runs import (atomic_write_text, json_number, load_checkpoint, make_run_dir, split_state, truncate_csv,
                    write_json)
+from .threads import TrainingProcesses
 from .train import STEP_COLUMNS, Diverged, Interrupted, TrainState, evaluate, fit
 
 
@@ -139,8 +140,11 @@ def _train(exp: Experiment, run_dir: Path, setup: Setup, state: TrainState, echo
     es = cfg.train.early_stopping
     if es is not None:
         callbacks.append(EarlyStopping(Monitor(es.monitor or cfg.train.monitor, has_val, es.min_delta), es.patience))
+    processes = TrainingProcesses()
+    threads = ThreadPolicy(processes, cfg.train.threads, echo)
+    callbacks.append(threads)
     try:
-        with stop_on_signals() as stop_requested:
+        with stop_on_signals() as stop_requested, processes:
             state = fit(model, loss, setup.optimizer, setup.schedule, loader, splits.val, cfg.train.epochs, callbacks,
                         state, eval_batch_size=cfg.train.eval_batch_size, penalty=setup.penalty,
                         momentum=setup.momentum, chunk_size=setup.chunk_size,
@@ -172,7 +176,7 @@ def _train(exp: Experiment, run_dir: Path, setup: Setup, state: TrainState, echo
         "final_val_loss": json_number(last["val_loss"]), "final_val_accuracy": json_number(last["val_acc"]),
         "train_seconds": round(state.train_seconds, 3),
         "images_per_second": round(state.images_seen / state.train_seconds, 1) if state.train_seconds else None,
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "blas_threads": threads.threads,
     })
     write_json(run_dir / "summary.json", summary)
     return summary

@@ -1,153 +1,236 @@
-"""cnntrain vs PyTorch on the CPU: training and inference images/s of three MNIST networks.
+"""cnntrain vs PyTorch on the CPU, as a user compares them: each framework in its own process.
 
-Not part of the test suite. Needs PyTorch in the running Python (a separate venv):
-    python3 -m venv .venv-torch && .venv-torch/bin/pip install torch==2.13.0 -e .
-    CNNTRAIN_DATA=../shared/datasets .venv-torch/bin/python tests/benchmarks/bench_vs_torch.py
-Same batch (64), Adam, float32, 2 threads, real MNIST batches already in memory (data loading
-excluded). The two frameworks are timed alternately, round after round, in one process, and the
-table reports medians and the cnntrain/PyTorch ratio.
+Not part of the test suite. PyTorch lives in a separate venv (never a dependency of cnntrain):
+    python3 -m venv .venv-torch && .venv-torch/bin/pip install torch==2.13.0
+    CNNTRAIN_DATA=../shared/datasets python tests/benchmarks/bench_vs_torch.py --torch-python .venv-torch/bin/python
+
+For every network and round, one fresh process per framework times training steps (batch 64,
+Adam or the config's AdamW, float32) and inference (batch 1000) on the same batches, read from
+a shared .npy file (real MNIST, or generated 3x32x32 images for the CIFAR-10 network); data
+loading is excluded for both. The order of the frameworks alternates between rounds, and the
+table reports each median and the cnntrain / PyTorch ratio. Both get the same thread count.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
-THREADS = int(os.environ.setdefault("OMP_NUM_THREADS", "2"))
-os.environ.setdefault("OPENBLAS_NUM_THREADS", str(THREADS))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from cnntrain.build import build_model  # noqa: E402
-from cnntrain.registry import DATASETS, LOSSES, OPTIMIZERS  # noqa: E402
-
-# name -> list of (cnntrain layer, options); the PyTorch twin is built from the same list
+REPO = Path(__file__).resolve().parents[2]
+CONV = lambda f, k, **kw: ("conv2d", {"filters": f, "kernel_size": k, **kw})  # noqa: E731
+# name -> (config file or inline layers, input shape)
 NETWORKS = {
-    "small": [("conv2d", {"filters": 8, "kernel_size": 3, "padding": 1}), ("relu", {}), ("maxpool2d", {"size": 2}),
-              ("conv2d", {"filters": 16, "kernel_size": 3, "padding": 1}), ("relu", {}), ("maxpool2d", {"size": 2}),
-              ("flatten", {}), ("dense", {"units": 10})],
-    "lenet5": [("conv2d", {"filters": 6, "kernel_size": 5, "padding": 2}), ("relu", {}), ("maxpool2d", {"size": 2}),
-               ("conv2d", {"filters": 16, "kernel_size": 5}), ("relu", {}), ("maxpool2d", {"size": 2}),
-               ("flatten", {}), ("dense", {"units": 120}), ("relu", {}), ("dense", {"units": 84}), ("relu", {}),
-               ("dense", {"units": 10})],
-    "keras_mnist": [("conv2d", {"filters": 32, "kernel_size": 3}), ("relu", {}),
-                    ("conv2d", {"filters": 64, "kernel_size": 3}), ("relu", {}), ("maxpool2d", {"size": 2}),
-                    ("dropout", {"rate": 0.25}), ("flatten", {}), ("dense", {"units": 128}), ("relu", {}),
-                    ("dropout", {"rate": 0.5}), ("dense", {"units": 10})],
+    "small": ([CONV(8, 3, padding=1), ("relu", {}), ("maxpool2d", {"size": 2}), CONV(16, 3, padding=1),
+               ("relu", {}), ("maxpool2d", {"size": 2}), ("flatten", {}), ("dense", {"units": 10})], [1, 28, 28]),
+    "lenet5": ("configs/lenet5.yaml", [1, 28, 28]),
+    "keras_mnist": ([CONV(32, 3), ("relu", {}), CONV(64, 3), ("relu", {}), ("maxpool2d", {"size": 2}),
+                     ("dropout", {"rate": 0.25}), ("flatten", {}), ("dense", {"units": 128}), ("relu", {}),
+                     ("dropout", {"rate": 0.5}), ("dense", {"units": 10})], [1, 28, 28]),
+    "mnist_bn_dropout": ("configs/mnist_bn_dropout.yaml", [1, 28, 28]),
+    "cifar10_cnn": ("configs/cifar10_cnn.yaml", [3, 32, 32]),
 }
+TRAIN_BATCH, INFER_BATCH = 64, 1000
 
 
-def torch_net(specs, in_shape):
-    layers, shape = [], in_shape
-    for name, kw in specs:
+def network_spec(name: str) -> dict:
+    """{layers: [[name, kwargs]], input_shape, optimizer: {name, lr, weight_decay}} from a config or the table."""
+    layers, shape = NETWORKS[name]
+    optimizer = {"name": "adam", "lr": 1e-3, "weight_decay": 0.0}
+    if isinstance(layers, str):
+        from cnntrain.config import load_config
+
+        cfg = load_config(REPO / layers)
+        layers = cfg.layer_specs
+        optimizer = {"name": cfg.optimizer.name, "lr": cfg.optimizer.lr,
+                     "weight_decay": cfg.optimizer.options.get("weight_decay", 0.0)}
+    return {"layers": [[n, kw] for n, kw in layers], "input_shape": shape, "optimizer": optimizer}
+
+
+def write_data(path: Path, shape) -> None:
+    """Training and inference batches as float32 (normalised like the configs) and int64 labels."""
+    import numpy as np
+
+    n = TRAIN_BATCH * 16 + INFER_BATCH
+    if shape == [1, 28, 28]:
+        from cnntrain.registry import DATASETS
+
+        ds = DATASETS.get("mnist")(download=False)
+        x = ((ds.train_x[:n].astype(np.float32) / 255) - 0.1307) / 0.3081
+        y = ds.train_y[:n]
+    else:
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((n, *shape)).astype(np.float32)
+        y = rng.integers(0, 10, n)
+    np.savez(path, x=x, y=y.astype(np.int64))
+
+
+def run_worker(framework: str, spec: dict, data: str, steps: int, warmup: int) -> dict:
+    import numpy as np
+
+    with np.load(data) as f:
+        x, y = f["x"], f["y"]
+    train = [(x[i:i + TRAIN_BATCH], y[i:i + TRAIN_BATCH]) for i in range(0, TRAIN_BATCH * 16, TRAIN_BATCH)]
+    infer = x[-INFER_BATCH:]
+    step, predict = (cnntrain_runner if framework == "cnntrain" else torch_runner)(spec, train, infer)
+    for i in range(warmup):
+        step(i)
+    predict()
+    start = time.perf_counter()
+    for i in range(steps):
+        step(i)
+    train_s = (time.perf_counter() - start) / steps
+    rounds = max(2, steps // 10)
+    start = time.perf_counter()
+    for _ in range(rounds):
+        predict()
+    infer_s = (time.perf_counter() - start) / rounds
+    return {"train": TRAIN_BATCH / train_s, "infer": INFER_BATCH / infer_s}
+
+
+def cnntrain_runner(spec, train, infer):
+    import numpy as np
+
+    from cnntrain.build import build_model
+    from cnntrain.registry import LOSSES, OPTIMIZERS
+    from cnntrain.train import train_step
+
+    model = build_model([tuple(s) for s in spec["layers"]], spec["input_shape"], np.random.default_rng(0))
+    model.rng = np.random.default_rng(1)
+    loss = LOSSES.create("softmax_cross_entropy")
+    opt = OPTIMIZERS.create(spec["optimizer"]["name"], {k: v for k, v in spec["optimizer"].items() if k != "name"})
+
+    def step(i):
+        xb, yb = train[i % len(train)]
+        train_step(model, loss, opt, xb, yb, lambda a: a, opt.lr, len(yb))
+
+    return step, lambda: model.forward(infer, training=False)
+
+
+def torch_runner(spec, train, infer):
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    layers, shape = [], list(spec["input_shape"])
+    for name, kw in spec["layers"]:
         if name == "conv2d":
+            k, stride = kw.get("kernel_size", 3), kw.get("stride", 1)
             pad = kw.get("padding", 0)
-            layers.append(nn.Conv2d(shape[0], kw["filters"], kw["kernel_size"], padding=pad))
-            k = kw["kernel_size"]
-            shape = (kw["filters"], shape[1] + 2 * pad - k + 1, shape[2] + 2 * pad - k + 1)
+            pad = (k - 1) // 2 if pad == "same" else 0 if pad == "valid" else pad
+            layers.append(nn.Conv2d(shape[0], kw["filters"], k, stride, pad, bias=kw.get("use_bias", True)))
+            shape = [kw["filters"], (shape[1] + 2 * pad - k) // stride + 1, (shape[2] + 2 * pad - k) // stride + 1]
+        elif name == "batchnorm":
+            layers.append(nn.BatchNorm2d(shape[0]) if len(shape) == 3 else nn.BatchNorm1d(shape[0]))
         elif name == "relu":
             layers.append(nn.ReLU())
         elif name == "maxpool2d":
-            layers.append(nn.MaxPool2d(kw["size"]))
-            shape = (shape[0], shape[1] // kw["size"], shape[2] // kw["size"])
+            layers.append(nn.MaxPool2d(kw.get("size", 2)))
+            shape = [shape[0], shape[1] // kw.get("size", 2), shape[2] // kw.get("size", 2)]
+        elif name == "global_avgpool":
+            layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+            shape = [shape[0]]
         elif name == "dropout":
-            layers.append(nn.Dropout(kw["rate"]))
+            layers.append(nn.Dropout(kw.get("rate", 0.5)))
         elif name == "flatten":
             layers.append(nn.Flatten())
-            shape = (int(np.prod(shape)),)
+            shape = [shape[0] * shape[1] * shape[2]]
         elif name == "dense":
-            layers.append(nn.Linear(shape[0], kw["units"]))
-            shape = (kw["units"],)
-    return nn.Sequential(*layers)
+            layers.append(nn.Linear(shape[0], kw["units"], bias=kw.get("use_bias", True)))
+            shape = [kw["units"]]
+        else:
+            raise ValueError(f"no PyTorch twin for layer {name}")
+    model = nn.Sequential(*layers)
+    o = spec["optimizer"]
+    opt = (torch.optim.AdamW if o["name"] == "adamw" else torch.optim.Adam)(
+        model.parameters(), lr=o["lr"], weight_decay=o["weight_decay"])
+    lossf = nn.CrossEntropyLoss()
+    batches = [(torch.from_numpy(xb), torch.from_numpy(yb)) for xb, yb in train]
+    infer_t = torch.from_numpy(infer)
 
+    def step(i):
+        model.train()
+        xb, yb = batches[i % len(batches)]
+        opt.zero_grad(set_to_none=True)
+        lossf(model(xb), yb).backward()
+        opt.step()
 
-class NumpyRunner:
-    def __init__(self, specs, batches):
-        self.model = build_model(specs, (1, 28, 28), np.random.default_rng(0))
-        self.model.rng = np.random.default_rng(1)
-        for layer in self.model.layers:
-            if hasattr(layer, "rng"):
-                layer.rng = self.model.rng
-        self.loss = LOSSES.create("softmax_cross_entropy")
-        self.opt = OPTIMIZERS.create("adam", {"lr": 1e-3})
-        self.batches = batches
-
-    def train(self, n):
-        for i in range(n):
-            x, y = self.batches[i % len(self.batches)]
-            out = self.model.forward(x, training=True)
-            self.loss.forward(out, y)
-            self.model.backward(self.loss.backward())
-            self.opt.step(self.model.named_params(), self.model.named_grads())
-
-    def infer(self, n):
-        for i in range(n):
-            self.model.forward(self.batches[i % len(self.batches)][0], training=False)
-
-
-class TorchRunner:
-    def __init__(self, specs, batches):
-        torch.manual_seed(0)
-        self.model = torch_net(specs, (1, 28, 28))
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3)
-        self.lossf = nn.CrossEntropyLoss()
-        self.batches = [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in batches]
-
-    def train(self, n):
-        self.model.train()
-        for i in range(n):
-            x, y = self.batches[i % len(self.batches)]
-            self.opt.zero_grad(set_to_none=True)
-            self.lossf(self.model(x), y).backward()
-            self.opt.step()
-
-    def infer(self, n):
-        self.model.eval()
+    def predict():
+        model.eval()
         with torch.no_grad():
-            for i in range(n):
-                self.model(self.batches[i % len(self.batches)][0])
+            model(infer_t)
+
+    return step, predict
 
 
-def timed(fn, n):
-    start = time.perf_counter()
-    fn(n)
-    return (time.perf_counter() - start) / n
+def worker_main(args) -> None:
+    if args.framework == "torch":
+        import torch
+
+        torch.set_num_threads(args.threads)
+    result = run_worker(args.framework, json.loads(args.spec), args.data, args.steps, args.warmup)
+    print(json.dumps(result))
 
 
-def main():
+def spawn(python: str, framework: str, spec: dict, data: Path, args) -> dict:
+    threads = str(args.threads)
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    out = subprocess.run([python, __file__, "--worker", framework, "--spec", json.dumps(spec), "--data", str(data),
+                          "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", threads],
+                         env=env, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"{framework} worker failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--steps", type=int, default=40, help="steps per timed round")
+    parser.add_argument("--torch-python", default=str(REPO / ".venv-torch" / "bin" / "python"),
+                        help="a Python with torch installed")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=40, help="timed training steps per process")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--networks", default=",".join(NETWORKS))
+    parser.add_argument("--worker", dest="framework", choices=["cnntrain", "torch"], help=argparse.SUPPRESS)
+    parser.add_argument("--spec", help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.set_num_threads(THREADS)
-    ds = DATASETS.get("mnist")(download=False)
-    x = ((ds.train_x[:64 * 20].astype(np.float32) / 255) - 0.1307) / 0.3081
-    batches = [(x[i:i + 64], ds.train_y[i:i + 64]) for i in range(0, len(x), 64)]
-    print(f"{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"{THREADS} threads, numpy {np.__version__}, torch {torch.__version__}, batch 64, Adam")
+    if args.framework:
+        worker_main(args)
+        return
+    import numpy as np
+
+    torch_version = subprocess.run([args.torch_python, "-c", "import torch; print(torch.__version__)"],
+                                   capture_output=True, text=True, check=True).stdout.strip()
+    print(f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores, {args.threads} threads, "
+          f"numpy {np.__version__}, torch {torch_version}; train batch {TRAIN_BATCH}, inference batch "
+          f"{INFER_BATCH}; each framework in its own process, alternating, medians of {args.rounds} rounds")
     print("| network | cnntrain train img/s | PyTorch train img/s | ratio | cnntrain infer img/s | "
           "PyTorch infer img/s | ratio |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for name in args.networks.split(","):
-        runners = {"np": NumpyRunner(NETWORKS[name], batches), "torch": TorchRunner(NETWORKS[name], batches)}
-        times = {(k, m): [] for k in runners for m in ("train", "infer")}
-        for r in runners.values():  # warm-up
-            r.train(5)
-            r.infer(5)
-        for _ in range(args.rounds):
-            for key, r in runners.items():  # alternate, so drifting machine load hits both alike
-                times[key, "train"].append(timed(r.train, args.steps))
-                times[key, "infer"].append(timed(r.infer, args.steps))
-        ips = {k: 64 / statistics.median(v) for k, v in times.items()}
-        print(f"| {name} | {ips['np', 'train']:,.0f} | {ips['torch', 'train']:,.0f} | "
-              f"{ips['np', 'train'] / ips['torch', 'train']:.2f} | {ips['np', 'infer']:,.0f} | "
-              f"{ips['torch', 'infer']:,.0f} | {ips['np', 'infer'] / ips['torch', 'infer']:.2f} |", flush=True)
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |", flush=True)
+    pythons = {"cnntrain": sys.executable, "torch": args.torch_python}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.networks.split(","):
+            spec = network_spec(name)
+            data = Path(tmp) / f"{name}.npz"
+            write_data(data, spec["input_shape"])
+            results = {fw: [] for fw in pythons}
+            for r in range(args.rounds):
+                for fw in (["cnntrain", "torch"] if r % 2 == 0 else ["torch", "cnntrain"]):
+                    results[fw].append(spawn(pythons[fw], fw, spec, data, args))
+            med = {(fw, m): statistics.median(x[m] for x in results[fw]) for fw in pythons for m in ("train", "infer")}
+            print(f"| {name} | {med['cnntrain', 'train']:,.0f} | {med['torch', 'train']:,.0f} | "
+                  f"{med['cnntrain', 'train'] / med['torch', 'train']:.2f}x | {med['cnntrain', 'infer']:,.0f} | "
+                  f"{med['torch', 'infer']:,.0f} | {med['cnntrain', 'infer'] / med['torch', 'infer']:.2f}x |",
+                  flush=True)
 
 
 if __name__ == "__main__":

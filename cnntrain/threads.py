@@ -1,0 +1,127 @@
+"""How many BLAS threads a training process uses, so that runs started side by side share the cores.
+
+Each process's BLAS starts one thread per core; two runs on a 2-core machine then spin four
+threads against each other and each runs several times slower than half its solo speed. A
+training process registers its pid in a small folder of live cnntrain training processes and
+uses max(1, cores // live) threads, rechecked at every epoch. An explicit OMP_NUM_THREADS /
+OPENBLAS_NUM_THREADS / MKL_NUM_THREADS, or train.threads, always wins.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def registry_dir() -> Path:
+    """Where live training processes are listed: $CNNTRAIN_RUNTIME_DIR, else a per-user folder in the temp dir."""
+    base = os.environ.get("CNNTRAIN_RUNTIME_DIR")
+    if base:
+        return Path(base) / "training"
+    return Path(tempfile.gettempdir()) / f"cnntrain-{os.getuid()}" / "training"
+
+
+def cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS tells it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def explicit_env() -> str | None:
+    """The first thread variable the user set, as 'NAME=value', or None."""
+    for name in THREAD_VARIABLES:
+        if os.environ.get(name, "").strip():
+            return f"{name}={os.environ[name].strip()}"
+    return None
+
+
+def _start_time(pid: int) -> str | None:
+    """A process's start time in clock ticks since boot (Linux), which tells a reused pid apart; None elsewhere."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the parenthesised command name
+
+
+def _alive(pid: int, started: str) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        pass
+    now = _start_time(pid)
+    return now is None or not started or now == started
+
+
+class TrainingProcesses:
+    """This process's entry in the folder of live training processes; count() counts the live ones."""
+
+    def __init__(self, folder: Path | None = None):
+        self.folder = folder or registry_dir()
+        self.entry = self.folder / str(os.getpid())
+
+    def __enter__(self) -> "TrainingProcesses":
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.entry.write_text(_start_time(os.getpid()) or "")
+        except OSError:  # a read-only temp dir only costs the thread policy its knowledge of others
+            pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.entry.unlink(missing_ok=True)
+
+    def count(self) -> int:
+        """Live registered processes, this one included; entries of dead processes are removed."""
+        live = 1
+        try:
+            entries = list(self.folder.iterdir())
+        except OSError:
+            return live
+        for entry in entries:
+            if entry == self.entry or not entry.name.isdigit():
+                continue
+            try:
+                started = entry.read_text().strip()
+            except OSError:
+                continue
+            if _alive(int(entry.name), started):
+                live += 1
+            else:
+                entry.unlink(missing_ok=True)
+        return live
+
+
+def blas_threads() -> int | None:
+    """The BLAS library's current thread count (threadpoolctl), or None without a BLAS it knows."""
+    from threadpoolctl import threadpool_info
+
+    counts = [pool["num_threads"] for pool in threadpool_info() if pool.get("user_api") == "blas"]
+    return max(counts) if counts else None
+
+
+def set_blas_threads(n: int) -> None:
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=n, user_api="blas")
+
+
+def choose(requested: int | None, live: int) -> tuple[int | None, str]:
+    """(BLAS threads to use, why), or (None, why) when the environment decides.
+
+    train.threads wins, then an explicit environment variable; else max(1, cores // live runs).
+    """
+    if requested is not None:
+        return requested, "train.threads"
+    env = explicit_env()
+    if env is not None:
+        return None, env
+    n = cores()
+    return max(1, n // live), f"{live} cnntrain run{'s' if live > 1 else ''} training on {n} core{'s' if n > 1 else ''}"

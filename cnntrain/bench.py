@@ -1,4 +1,9 @@
-"""Throughput of training steps and inference on batches of a config's shape, with a per-layer profile."""
+"""Throughput of a config's training steps and inference, and where the time goes layer by layer.
+
+The headline figures time the very step a run takes (train.train_step on uint8 batches through the
+run's preprocessing, L2 and clipping), with nothing in between, so they match a real epoch's
+images_per_second; the per-layer profile is measured afterwards in separate, instrumented passes.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,8 @@ import numpy as np
 
 from .build import Experiment
 from .data.splits import static_input_shape
+from .memory import keep_freed_memory
+from .train import train_step
 
 
 def peak_rss_mb() -> float:
@@ -18,63 +25,115 @@ def peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
-def benchmark(exp: Experiment, batch_size: int | None = None, steps: int = 50, warmup: int = 5) -> dict:
-    """Images/s of full training steps (forward, loss, backward, optimizer) and of inference.
+def gemm_gflops(n: int = 1024, repeats: int = 5) -> float:
+    """NumPy's float32 matrix product speed on this machine with its current BLAS threads: the best of repeats."""
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32)
+    a @ b
+    best = min(_seconds(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
 
-    Random float32 inputs of the configured shape (data loading excluded); per-layer forward and
-    backward seconds are measured in the same timed steps.
+
+def _seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def step_flops(model) -> tuple[int, int]:
+    """(training, inference) floating-point operations per image: 2 per multiply-add.
+
+    Training counts the forward pass, the weight gradient of every layer with weights (as many
+    multiply-adds as its forward) and the input gradient of every layer but the first.
     """
+    forward = weighted = first = 0
+    for i, layer in enumerate(model.layers):
+        macs = layer.macs()
+        forward += macs
+        if "W" in layer.params:
+            weighted += macs
+            first = macs if i == 0 else first
+    return 2 * (forward + 2 * weighted - first), 2 * forward
+
+
+def benchmark(exp: Experiment, batch_size: int | None = None, steps: int = 50, warmup: int = 5,
+              profile: bool = True) -> dict:
+    """Images/s and GFLOP/s of training steps and inference on random uint8 batches of the config's shape."""
+    keep_freed_memory()  # as a training run does
     cfg = exp.cfg
     in_shape = static_input_shape(cfg)
-    dataset_classes = 2 if cfg.loss == "binary_cross_entropy" else None
-    model, loss = exp.network(in_shape, dataset_classes), exp.loss
+    n_out = None if cfg.loss != "binary_cross_entropy" else 2
+    model, loss = exp.network(in_shape, n_out), exp.loss
     optimizer, penalty = exp.optimizer(), exp.penalty(model)
     batch = batch_size or (cfg.train.batch_size if isinstance(cfg.train.batch_size, int) else 64)
     rng = np.random.default_rng(cfg.seed)
-    x = rng.standard_normal((batch, *in_shape)).astype(np.float32)
-    n_out = model.out_shape[0]
-    y = rng.integers(0, 2 if n_out == 1 else n_out, batch)
+    x_u8 = rng.integers(0, 256, (max(batch, cfg.train.eval_batch_size), *in_shape), dtype=np.uint8)
+    classes = 2 if model.out_shape[0] == 1 else model.out_shape[0]
+    y = rng.integers(0, classes, len(x_u8))
+    preprocess = exp.preprocess(in_shape[0], x_u8)
+    lr = cfg.optimizer.lr
+    xb, yb = x_u8[:batch], y[:batch]
+
+    def step():
+        train_step(model, loss, optimizer, xb, yb, preprocess, lr, cfg.chunk_size(batch), penalty,
+                   cfg.train.grad_clip_norm)
+
+    for _ in range(warmup):
+        step()
+    train_time = _seconds(lambda: [step() for _ in range(steps)]) / steps
+    x_eval = x_u8[: cfg.train.eval_batch_size]
+    model.forward(preprocess(x_eval), training=False)
+    infer_steps = max(3, steps // 5)
+    infer_time = _seconds(lambda: [model.forward(preprocess(x_eval), training=False)
+                                   for _ in range(infer_steps)]) / infer_steps
+    train_flops, infer_flops = step_flops(model)
+    ceiling = gemm_gflops()
+    result = {"name": cfg.name, "batch_size": batch, "eval_batch_size": len(x_eval), "steps": steps,
+              "train_step_ms": 1e3 * train_time, "train_images_per_s": batch / train_time,
+              "infer_images_per_s": len(x_eval) / infer_time,
+              "train_gflops": train_flops * batch / train_time / 1e9,
+              "infer_gflops": infer_flops * len(x_eval) / infer_time / 1e9, "gemm_gflops": ceiling,
+              "peak_memory_mb": peak_rss_mb(), "layers": []}
+    result["train_ceiling_share"] = result["train_gflops"] / ceiling
+    result["infer_ceiling_share"] = result["infer_gflops"] / ceiling
+    if profile:
+        result["layers"], result["other_ms"] = layer_profile(model, loss, optimizer, penalty, preprocess(xb), yb,
+                                                            lr, max(3, steps // 2))
+    return result
+
+
+def layer_profile(model, loss, optimizer, penalty, x, y, lr, steps: int) -> tuple[list[dict], float]:
+    """Per-layer forward and backward milliseconds of instrumented steps, and the rest of a step (loss,
+    optimizer, timer overhead); measured apart from the headline figures, which the timers would slow."""
     layers = model.layers
     fwd, bwd = np.zeros(len(layers)), np.zeros(len(layers))
-    lr = cfg.optimizer.lr
 
-    def train_step(profile):
+    def instrumented():
         h = x
         for i, layer in enumerate(layers):
-            t = time.perf_counter()
+            start = time.perf_counter()
             h = layer.forward(h, training=True)
-            profile[0][i] += time.perf_counter() - t
+            fwd[i] += time.perf_counter() - start
         loss.forward(h, y)
         d = loss.backward()
         for i in range(len(layers) - 1, -1, -1):
-            t = time.perf_counter()
+            start = time.perf_counter()
             if i == 0 and hasattr(layers[0], "backward_params"):  # as Sequential.backward: no input gradient
                 layers[0].backward_params(d)
             else:
                 d = layers[i].backward(d)
-            profile[1][i] += time.perf_counter() - t
+            bwd[i] += time.perf_counter() - start
         params, grads = model.named_params(), model.named_grads()
         if penalty:
             penalty.apply(params, grads)
         optimizer.step(params, grads, lr)
 
-    scratch = (np.zeros(len(layers)), np.zeros(len(layers)))
-    for _ in range(warmup):
-        train_step(scratch)
-    start = time.perf_counter()
-    for _ in range(steps):
-        train_step((fwd, bwd))
-    train_time = (time.perf_counter() - start) / steps
-    for _ in range(warmup):
-        model.forward(x, training=False)
-    start = time.perf_counter()
-    for _ in range(steps):
-        model.forward(x, training=False)
-    infer_time = (time.perf_counter() - start) / steps
-    total = fwd.sum() + bwd.sum()
+    instrumented()
+    fwd[:], bwd[:] = 0, 0
+    total = _seconds(lambda: [instrumented() for _ in range(steps)]) / steps
+    layer_total = (fwd.sum() + bwd.sum()) / steps
     rows = [{"name": f"layers.{i}", "type": layer.registry_name, "forward_ms": 1e3 * fwd[i] / steps,
-             "backward_ms": 1e3 * bwd[i] / steps, "share": (fwd[i] + bwd[i]) / total if total else 0.0}
+             "backward_ms": 1e3 * bwd[i] / steps,
+             "share": (fwd[i] + bwd[i]) / steps / total if total else 0.0}
             for i, layer in enumerate(layers)]
-    return {"name": cfg.name, "batch_size": batch, "steps": steps, "train_step_ms": 1e3 * train_time,
-            "train_images_per_s": batch / train_time, "infer_images_per_s": batch / infer_time,
-            "other_ms": 1e3 * (train_time - total / steps), "peak_memory_mb": peak_rss_mb(), "layers": rows}
+    return rows, 1e3 * (total - layer_total)

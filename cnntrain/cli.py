@@ -183,19 +183,22 @@ def schedule(config, overrides, as_csv, out):
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a config key.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Images per step (default: the config's).")
 @click.option("--steps", type=click.IntRange(min=1), default=50, show_default=True, help="Timed steps.")
+@click.option("--profile/--no-profile", default=True, show_default=True,
+              help="Also time each layer, in separate instrumented steps.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def bench(config, overrides, batch_size, steps, as_json):
+def bench(config, overrides, batch_size, steps, profile, as_json):
     """Time training steps and inference of CONFIG's network on random batches.
 
-    Prints images/s, where the time goes layer by layer, and peak memory, so you
-    see the cost of an experiment before launching it. NumPy's BLAS threads follow
+    Prints images/s as a real epoch counts them (the same step, preprocessing included),
+    GFLOP/s against NumPy's own GEMM speed, peak memory, and where the time goes layer by
+    layer, so you see the cost of an experiment before launching it. BLAS threads follow
     OMP_NUM_THREADS / OPENBLAS_NUM_THREADS.
     """
     from .bench import benchmark
     from .build import load_experiment
     from .report import bench_lines
 
-    r = benchmark(load_experiment(config, overrides), batch_size, steps)
+    r = benchmark(load_experiment(config, overrides), batch_size, steps, profile=profile)
     if as_json:
         click.echo(json.dumps(r))
         return

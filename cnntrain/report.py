@@ -54,13 +54,19 @@ def summary_lines(s: dict) -> list[str]:
 
 
 def bench_lines(r: dict) -> list[str]:
-    lines = [f"{r['name']}: batch {r['batch_size']}, {r['steps']} timed steps after warm-up",
-             f"train: {r['train_images_per_s']:,.0f} images/s ({r['train_step_ms']:.2f} ms/step)   "
-             f"inference: {r['infer_images_per_s']:,.0f} images/s   peak memory {r['peak_memory_mb']:.0f} MiB",
-             f"{'layer':<10}{'type':<16}{'forward ms':>11}{'backward ms':>13}{'share':>8}"]
-    lines += [f"{row['name']:<10}{row['type']:<16}{row['forward_ms']:>11.2f}{row['backward_ms']:>13.2f}"
-              f"{100 * row['share']:>7.1f}%" for row in r["layers"]]
-    lines.append(f"{'loss, optimizer, overhead':<26}{r['other_ms']:>11.2f} ms")
+    lines = [f"{r['name']}: batch {r['batch_size']} ({r['steps']} timed steps after warm-up), inference batch "
+             f"{r['eval_batch_size']}",
+             f"train:     {r['train_images_per_s']:>9,.0f} images/s  {r['train_step_ms']:8.2f} ms/step  "
+             f"{r['train_gflops']:6.1f} GFLOP/s  {100 * r['train_ceiling_share']:4.0f}% of NumPy's GEMM",
+             f"inference: {r['infer_images_per_s']:>9,.0f} images/s  {'':16}  {r['infer_gflops']:6.1f} GFLOP/s  "
+             f"{100 * r['infer_ceiling_share']:4.0f}% of NumPy's GEMM",
+             f"NumPy float32 GEMM here: {r['gemm_gflops']:.0f} GFLOP/s; peak memory {r['peak_memory_mb']:.0f} MiB"]
+    if r["layers"]:
+        lines.append("profile (separate, instrumented steps):")
+        lines.append(f"{'layer':<10}{'type':<16}{'forward ms':>11}{'backward ms':>13}{'share':>8}")
+        lines += [f"{row['name']:<10}{row['type']:<16}{row['forward_ms']:>11.2f}{row['backward_ms']:>13.2f}"
+                  f"{100 * row['share']:>7.1f}%" for row in r["layers"]]
+        lines.append(f"{'loss, optimizer, overhead':<26}{r['other_ms']:>11.2f} ms")
     return lines
 
 

@@ -18,6 +18,7 @@ from .build import Experiment, Setup, build_setup, experiment_from_text
 from .callbacks import Checkpointer, CSVLogger, EarlyStopping, GradNormLogger, PlotCallback, ThreadPolicy
 from .data.splits import load_splits
 from .errors import ConfigError, RunError, RunInterrupted
+from .memory import keep_freed_memory
 from .monitor import Monitor
 from .runs import (atomic_write_text, json_number, load_checkpoint, make_run_dir, split_state, truncate_csv,
                    write_json)
@@ -140,6 +141,7 @@ def _train(exp: Experiment, run_dir: Path, setup: Setup, state: TrainState, echo
     es = cfg.train.early_stopping
     if es is not None:
         callbacks.append(EarlyStopping(Monitor(es.monitor or cfg.train.monitor, has_val, es.min_delta), es.patience))
+    keep_freed_memory()
     processes = TrainingProcesses()
     threads = ThreadPolicy(processes, cfg.train.threads, echo)
     callbacks.append(threads)

@@ -29,12 +29,15 @@ class Dropout(Layer):
         if not training:
             return x
         keep = self.rng.random(x.shape, dtype=np.float32) >= self.rate
-        mask = keep * x.dtype.type(1 / (1 - self.rate))
-        self._cache = mask
-        return x * mask
+        self._cache = keep  # a bool mask: a quarter of a float one, and x * keep * scale == x * (keep * scale)
+        y = np.multiply(x, keep)
+        y *= x.dtype.type(1 / (1 - self.rate))
+        return y
 
     def backward(self, dy):
-        return dy * self._pop_cache()
+        dx = np.multiply(dy, self._pop_cache())
+        dx *= dy.dtype.type(1 / (1 - self.rate))
+        return dx
 
     def get_config(self):
         return {"rate": self.rate}

@@ -64,6 +64,10 @@ class BatchNorm(Layer):
     def _channel_sums(self, rows, T):
         return column_sums(rows).reshape(T, -1).sum(axis=0)
 
+    def _product_sums(self, a, b, T):
+        """Per-channel sums of a * b, without the product as a temporary (einsum's sum-of-products loop)."""
+        return np.einsum("ij,ij->j", a, b).reshape(T, -1).sum(axis=0)
+
     def forward(self, x, training):
         check_shape(x, self.in_shape, self)
         xm, T = self._rows(x)
@@ -79,13 +83,13 @@ class BatchNorm(Layer):
             raise ValueError(f"batchnorm: training needs more than one value per feature, got input shape {x.shape}")
         mean = self._channel_sums(xm, T) / x.dtype.type(m)
         xc = xm - np.tile(mean, T)
-        var = self._channel_sums(xc * xc, T) / x.dtype.type(m)  # biased, as used for normalising
+        var = self._product_sums(xc, xc, T) / x.dtype.type(m)  # biased, as used for normalising
         inv_std = 1 / np.sqrt(var + x.dtype.type(self.eps))
-        xhat = xc
-        xhat *= np.tile(inv_std, T)
         self._update_running(mean, var * (m / (m - 1)))
-        self._cache = (xhat, inv_std, m, T)
-        return self._like(np.tile(gamma, T) * xhat + np.tile(beta, T), x)
+        self._cache = (xc, inv_std, m, T)
+        y = xc * np.tile(gamma * inv_std, T)  # gamma * xhat + beta, with xhat never stored
+        y += np.tile(beta, T)
+        return self._like(y, x)
 
     def _update_running(self, batch_mean, batch_var_unbiased):
         # new arrays rather than in-place updates: a saved state_dict never aliases live buffers
@@ -94,17 +98,19 @@ class BatchNorm(Layer):
             self.buffers[key] = ((1 - self.momentum) * old + self.momentum * stat).astype(old.dtype, copy=False)
 
     def backward(self, dy):
-        """dx = gamma * inv_std / m * (m*dy - sum(dy) - xhat * sum(dy*xhat)), sums over a channel's m values."""
-        xhat, inv_std, m, T = self._pop_cache()
+        """dx = gamma * inv_std / m * (m*dy - sum(dy) - xhat * sum(dy*xhat)), sums over a channel's m values.
+
+        With xhat = xc * inv_std this is dx = A*dy + B*xc + C per channel, three passes over the batch.
+        """
+        xc, inv_std, m, T = self._pop_cache()
         dym, _ = self._rows(dy)
         dbeta = self._channel_sums(dym, T)
-        dgamma = self._channel_sums(dym * xhat, T)
+        dgamma = self._product_sums(dym, xc, T) * inv_std
         self.grads["gamma"], self.grads["beta"] = dgamma, dbeta
-        scale = self.params["gamma"].astype(dy.dtype, copy=False) * inv_std / dy.dtype.type(m)
-        dx = dym * dy.dtype.type(m)
-        dx -= np.tile(dbeta, T)
-        dx -= xhat * np.tile(dgamma, T)
-        dx *= np.tile(scale, T)
+        a = self.params["gamma"].astype(dy.dtype, copy=False) * inv_std
+        dx = dym * np.tile(a, T)
+        dx -= xc * np.tile(a * inv_std * dgamma / dy.dtype.type(m), T)
+        dx -= np.tile(a * dbeta / dy.dtype.type(m), T)
         return self._like(dx, dy)
 
     def macs(self):

@@ -39,6 +39,7 @@ class Optimizer:
         self.weight_decay = check_number(weight_decay, "weight_decay", 0.0)
         self.state: dict[str, dict[str, np.ndarray]] = {}
         self.t = 0
+        self._scratch: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
     def slot(self, name: str, slot: str, like: np.ndarray) -> np.ndarray:
         """The named state array of a parameter, created as zeros on first use."""
@@ -59,6 +60,14 @@ class Optimizer:
         if self.weight_decay and decays(name):
             return g + self.weight_decay * p
         return g
+
+    def scratch(self, like: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Two work arrays shaped like a parameter, reused by every update (never saved)."""
+        key = (like.shape, like.dtype.str)
+        buffers = self._scratch.get(key)
+        if buffers is None:
+            buffers = self._scratch[key] = (np.empty_like(like), np.empty_like(like))
+        return buffers
 
     def update(self, name: str, p: np.ndarray, g: np.ndarray, lr: float) -> None:
         raise NotImplementedError
@@ -178,16 +187,17 @@ class Adam(Optimizer):
     def update(self, name, p, g, lr):
         m = self.slot(name, "m", like=p)
         v = self.slot(name, "v", like=p)
+        a, b = self.scratch(p)  # every product goes to reused buffers: a step allocates nothing
         m *= self.b1
-        m += (1 - self.b1) * g
+        m += np.multiply(g, 1 - self.b1, out=a)
         v *= self.b2
-        v += (1 - self.b2) * (g * g)
+        v += np.multiply(np.multiply(g, g, out=a), 1 - self.b2, out=a)
         c1, c2 = (1 - self.b1 ** self.t, 1 - self.b2 ** self.t) if self.bias_correction else (1.0, 1.0)
-        # lr * (m/c1) / (sqrt(v/c2) + eps), rearranged so only one full-size temporary is made
-        denom = np.sqrt(v)
+        # lr * (m/c1) / (sqrt(v/c2) + eps)
+        denom = np.sqrt(v, out=a)
         denom /= math.sqrt(c2)
         denom += self.eps
-        p -= (lr / c1) * m / denom
+        p -= np.divide(np.multiply(m, lr / c1, out=b), denom, out=b)
 
 
 @OPTIMIZERS.register("adamw")

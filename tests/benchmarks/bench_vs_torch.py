@@ -99,8 +99,11 @@ def cnntrain_runner(spec, train, infer):
     import numpy as np
 
     from cnntrain.build import build_model
+    from cnntrain.memory import keep_freed_memory
     from cnntrain.registry import LOSSES, OPTIMIZERS
     from cnntrain.train import train_step
+
+    keep_freed_memory()  # as `cnntrain run` does
 
     model = build_model([tuple(s) for s in spec["layers"]], spec["input_shape"], np.random.default_rng(0))
     model.rng = np.random.default_rng(1)

@@ -155,17 +155,20 @@ class PlotCallback(Callback):
 
 
 class ThreadPolicy(Callback):
-    """BLAS threads at the start of every epoch (see threads.py): train.threads, an explicit
-    OMP_NUM_THREADS-style variable, else max(1, cores // live cnntrain training processes).
-    The process's own count comes back when training ends."""
+    """BLAS threads (see threads.py): train.threads, an explicit OMP_NUM_THREADS-style variable, else
+    max(1, cores // live cnntrain training processes), decided at every epoch and every `recheck`
+    seconds within one, so runs started together settle on a share each. The process's own count
+    comes back when training ends."""
 
-    def __init__(self, processes, requested: int | None, echo):
-        self.processes, self.requested, self.echo = processes, requested, echo
+    def __init__(self, processes, requested: int | None, echo, recheck: float = 2.0):
+        self.processes, self.requested, self.echo, self.recheck = processes, requested, echo, recheck
         self.threads = self.initial = None
+        self.checked = -math.inf
 
-    def on_epoch_begin(self, state):
+    def apply(self) -> None:
         from .threads import blas_threads, choose, set_blas_threads
 
+        self.checked = time.monotonic()
         current = blas_threads()
         if self.initial is None:
             self.initial = current
@@ -176,6 +179,13 @@ class ThreadPolicy(Callback):
                 self.echo(f"threads: {why}, so this run uses {n} BLAS thread{'s' if n > 1 else ''} instead of "
                           f"{current} (set train.threads or OMP_NUM_THREADS to choose)")
         self.threads = current if n is None else n
+
+    def on_epoch_begin(self, state):
+        self.apply()
+
+    def on_step_end(self, state, logs):
+        if time.monotonic() - self.checked >= self.recheck:
+            self.apply()
 
     def on_train_end(self, state):
         from .threads import set_blas_threads

@@ -56,6 +56,11 @@ def stop_on_signals():
 
 def train_from_config(exp: Experiment, runs_dir="runs", echo=print, progress=None) -> dict:
     """Train an experiment end to end into a new run directory; returns summary.json's content."""
+    with TrainingProcesses() as processes:  # listed before the data loads, so a run started alongside counts it
+        return _train_new(exp, runs_dir, echo, progress, processes)
+
+
+def _train_new(exp: Experiment, runs_dir, echo, progress, processes) -> dict:
     cfg = exp.cfg
     splits = load_splits(cfg, log=echo)
     setup = build_setup(exp, splits)
@@ -64,12 +69,16 @@ def train_from_config(exp: Experiment, runs_dir="runs", echo=print, progress=Non
     for line in setup.loader.preprocess.describe():
         echo(f"preprocess {line}")
     atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
-    return _train(exp, run_dir, setup, TrainState(), echo, progress)
+    return _train(exp, run_dir, setup, TrainState(), echo, progress, processes)
 
 
 def resume_run(run_dir, epochs: int | None = None, echo=print, progress=None) -> dict:
     """Continue a run from checkpoints/last.npz, as if it had never stopped (optionally to more epochs)."""
-    run_dir = Path(run_dir)
+    with TrainingProcesses() as processes:
+        return _resume(Path(run_dir), epochs, echo, progress, processes)
+
+
+def _resume(run_dir: Path, epochs, echo, progress, processes) -> dict:
     path = run_dir / "config.yaml"
     try:
         text = path.read_text()
@@ -106,7 +115,7 @@ def resume_run(run_dir, epochs: int | None = None, echo=print, progress=None) ->
     truncate_csv(run_dir / "grad_norms.csv", "step", state.step)
     atomic_write_text(path, cfg.to_yaml())
     echo(f"resuming {run_dir} at epoch {state.epoch + 1}, step {state.step + 1}")
-    return _train(exp, run_dir, setup, state, echo, progress)
+    return _train(exp, run_dir, setup, state, echo, progress, processes)
 
 
 def _status(run_dir: Path) -> str | None:
@@ -116,7 +125,7 @@ def _status(run_dir: Path) -> str | None:
         return None
 
 
-def _train(exp: Experiment, run_dir: Path, setup: Setup, state: TrainState, echo, progress) -> dict:
+def _train(exp: Experiment, run_dir: Path, setup: Setup, state: TrainState, echo, progress, processes) -> dict:
     """fit() with the run directory's callbacks; keeps summary.json's status current."""
     from .progress import ProgressBar
 
@@ -142,11 +151,10 @@ def _train(exp: Experiment, run_dir: Path, setup: Setup, state: TrainState, echo
     if es is not None:
         callbacks.append(EarlyStopping(Monitor(es.monitor or cfg.train.monitor, has_val, es.min_delta), es.patience))
     keep_freed_memory()
-    processes = TrainingProcesses()
     threads = ThreadPolicy(processes, cfg.train.threads, echo)
     callbacks.append(threads)
     try:
-        with stop_on_signals() as stop_requested, processes:
+        with stop_on_signals() as stop_requested:
             state = fit(model, loss, setup.optimizer, setup.schedule, loader, splits.val, cfg.train.epochs, callbacks,
                         state, eval_batch_size=cfg.train.eval_batch_size, penalty=setup.penalty,
                         momentum=setup.momentum, chunk_size=setup.chunk_size,

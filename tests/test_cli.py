@@ -244,3 +244,24 @@ def test_bench_reports_throughput_and_per_layer_profile(small_config, monkeypatc
     assert pool["share"] == pytest.approx(pool_ms / (pool_ms + dense_ms), abs=0.1), shares  # 2/3 of the layer time
     result = invoke("bench", small_config, "--steps", "2")
     assert result.exit_code == 0 and "images/s" in result.output and "maxpool2d" in result.output
+
+
+def test_bench_headline_is_the_real_step_and_flops_follow_the_layer_formulas(small_config):
+    from cnntrain.bench import step_flops
+    from cnntrain.build import load_experiment
+
+    model = load_experiment(small_config).network((1, 28, 28), 10)
+    # forward MACs: conv 8*28*28*9 = 56,448, dense 1568*10 = 15,680; training adds both weight gradients
+    # and the dense layer's input gradient (the first layer's input needs none): 2 FLOPs per MAC
+    assert step_flops(model) == (2 * (56448 + 15680) * 2 + 2 * 15680, 2 * (56448 + 15680))
+    result = invoke("bench", small_config, "--steps", "3", "--batch-size", "16", "--no-profile", "--json")
+    assert result.exit_code == 0, result.output
+    r = json.loads(result.output)
+    assert r["layers"] == [] and "other_ms" not in r
+    train_flops, infer_flops = step_flops(model)
+    assert r["train_gflops"] == pytest.approx(train_flops * r["train_images_per_s"] / 1e9, rel=1e-9)
+    assert r["infer_gflops"] == pytest.approx(infer_flops * r["infer_images_per_s"] / 1e9, rel=1e-9)
+    assert r["train_ceiling_share"] == pytest.approx(r["train_gflops"] / r["gemm_gflops"], rel=1e-9)
+    assert r["train_step_ms"] == pytest.approx(16e3 / r["train_images_per_s"], rel=1e-9)
+    assert 0 < r["train_peak_memory_mb"] <= r["peak_memory_mb"]
+    assert r["eval_batch_size"] == 1000

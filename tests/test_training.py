@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from cnntrain.cli import cli
+from cnntrain.build import build_model
 from cnntrain.data.loader import BatchLoader
 from cnntrain.data.transforms import Preprocess
-from cnntrain.build import build_model
 from cnntrain.registry import LOSSES, OPTIMIZERS
 from cnntrain.train import Callback, fit, train_step
 
@@ -214,3 +214,42 @@ def test_grad_norm_logger_matches_the_sgd_update(tmp_path):
         assert rows[f"{name}.grad_norm"][0] == pytest.approx(np.linalg.norm(g), rel=1e-8)
         # update / weight = lr * ||g|| / ||W0||
         assert rows[f"{name}.update_ratio"][0] == pytest.approx(0.1 * np.linalg.norm(g) / np.linalg.norm(W0), rel=1e-8)
+
+
+def test_hooks_run_in_declared_order_and_see_the_final_gradients():
+    """fit() calls callbacks by `order`, not list position; on_before_update sees the clipped gradient the
+    optimizer applies and on_after_update the updated weights; a non-finite loss raises Diverged."""
+    from cnntrain.train import Diverged, global_norm
+
+    x, y = data(8)
+    model = model64()
+    calls = []
+
+    class Recorder(Callback):
+        def __init__(self, name, order):
+            self.name, self.order = name, order
+
+        def on_before_update(self, state, params, grads):
+            calls.append((self.name, "before", global_norm(grads), params["layers.3.W"].copy()))
+
+        def on_after_update(self, state, params):
+            calls.append((self.name, "after", None, params["layers.3.W"].copy()))
+
+        def on_step_end(self, state, logs):
+            calls.append((self.name, "step", None, None))
+
+    late, early = Recorder("late", 10), Recorder("early", -1)
+    loader = BatchLoader(x, y, 8, Preprocess([], 1, dtype=np.float64), shuffle=False)
+    fit(model, LOSSES.create("softmax_cross_entropy"), OPTIMIZERS.create("sgd", {"lr": 0.5}), lambda s: 0.5,
+        loader, None, 1, [late, early], grad_clip_norm=1e-3)
+    assert [(name, kind) for name, kind, _, _ in calls] == [
+        ("early", "before"), ("late", "before"), ("early", "after"), ("late", "after"), ("early", "step"),
+        ("late", "step")]
+    (_, _, norm, w_before), (_, _, _, w_after) = calls[0], calls[2]
+    assert norm == pytest.approx(1e-3, rel=1e-9), "the hook sees the gradient after clipping"
+    assert np.linalg.norm(w_after - w_before) <= 0.5 * 1e-3 * (1 + 1e-9), "sgd moved by lr * the clipped gradient"
+
+    nan_input = BatchLoader(x, y, 8, lambda u8: np.full(u8.shape, np.nan), shuffle=False)
+    with pytest.raises(Diverged, match="training diverged: loss is nan at epoch 1, step 1"):
+        fit(model, LOSSES.create("softmax_cross_entropy"), OPTIMIZERS.create("sgd", {"lr": 0.5}), lambda s: 0.5,
+            nan_input, None, 1, [])

@@ -41,7 +41,7 @@ def main() -> None:
     print(f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores; train images/s (medians of {args.rounds} "
           f"processes) and peak memory (MiB, whole process)")
     header = "| network | batch | " + " | ".join(f"{t} thread{'s' if t > 1 else ''} img/s" for t in threads)
-    print(header + " | peak MiB |")
+    print(header + " | peak MiB (training) |")
     print("| --- | ---: | " + " | ".join("---:" for _ in threads) + " | ---: |", flush=True)
     for name in args.configs.split(","):
         config = REPO / "configs" / f"{name}.yaml"
@@ -53,7 +53,7 @@ def main() -> None:
             for t in threads:
                 runs = [bench(config, batch, t, steps) for _ in range(args.rounds)]
                 cells.append(statistics.median(r["train_images_per_s"] for r in runs))
-                peaks += [r["peak_memory_mb"] for r in runs]
+                peaks += [r["train_peak_memory_mb"] for r in runs]
             print(f"| {name} | {batch} | " + " | ".join(f"{c:,.0f}" for c in cells) + f" | {max(peaks):,.0f} |",
                   flush=True)
 

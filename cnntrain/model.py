@@ -27,8 +27,25 @@ class Sequential:
         return shape
 
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
-        for layer in self.layers:
-            x = layer.forward(x, training)
+        """In evaluation, a batchnorm right after a layer with forward_scaled (conv2d, dense) is folded into
+        that layer's weights, and an activation right after a layer whose output is a new array
+        (`new_output`) is applied in place: each saves passes over the activations (equal up to rounding)."""
+        layers, i = self.layers, 0
+        while i < len(layers):
+            layer = layers[i]
+            following = layers[i + 1] if i + 1 < len(layers) else None
+            i += 1
+            if training:
+                x = layer.forward(x, training)
+                continue
+            if hasattr(layer, "forward_scaled") and hasattr(following, "inference_affine"):
+                x = layer.forward_scaled(x, *following.inference_affine(x.dtype))
+                i += 1
+            else:
+                x = layer.forward(x, training)
+            if getattr(layer, "new_output", False) and i < len(layers) and hasattr(layers[i], "apply_inplace"):
+                layers[i].apply_inplace(x)  # x was made just above: nothing else holds it
+                i += 1
         return x
 
     def backward(self, dy: np.ndarray, input_grad: bool = False) -> np.ndarray | None:

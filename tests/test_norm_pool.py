@@ -235,3 +235,53 @@ def test_batchnorm_buffers_follow_the_model_dtype_and_options_are_checked():
             LAYERS.get("batchnorm")(**bad)
     with pytest.raises(ValueError, match=r"expects input \(channels, height, width\) or \(features,\)"):
         Sequential([LAYERS.create("batchnorm", {})]).build((3, 4), np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("specs,in_shape", [
+    ([("conv2d", {"filters": 4, "kernel_size": 3, "padding": "same"}), ("batchnorm", {}), ("relu", {})], (3, 7, 6)),
+    ([("conv2d", {"filters": 5, "kernel_size": 3, "stride": 2, "use_bias": False}), ("batchnorm", {}),
+      ("tanh", {}), ("relu", {})], (2, 9, 9)),
+    ([("flatten", {}), ("dense", {"units": 5}), ("batchnorm", {}), ("relu", {}),
+      ("dense", {"units": 3, "use_bias": False}), ("batchnorm", {})], (2, 3, 3)),
+])
+def test_evaluation_folds_batchnorm_into_the_layer_before_it(specs, in_shape, monkeypatch):
+    """conv/dense then batchnorm, in evaluation: the model folds the affine map into the weights and gets
+    what the layers give one after the other, with the activation after it applied in place (an in-place
+    write into the caller's input would change x, checked below); training is untouched."""
+    rng = np.random.default_rng(0)
+    model = build_model(specs, in_shape, rng).astype(np.float64)
+    for layer in model.layers:
+        for store in (layer.params, layer.buffers):
+            for key, value in store.items():
+                store[key] = rng.uniform(0.5, 2.0, value.shape) if key == "running_var" else rng.standard_normal(value.shape)
+    x = rng.standard_normal((4, *in_shape))
+    x_before = x.copy()
+    expected = x
+    for layer in model.layers:
+        expected = layer.forward(expected, training=False)
+    from cnntrain.layers.norm import BatchNorm
+
+    calls, original = [], BatchNorm.forward
+    monkeypatch.setattr(BatchNorm, "forward", lambda self, x, training: calls.append(training) or original(self, x, training))
+    np.testing.assert_allclose(model.forward(x, training=False), expected, rtol=1e-12, atol=1e-12)
+    assert calls == [], "evaluation folded every batchnorm instead of running it"
+    np.testing.assert_array_equal(x, x_before)
+    y32 = model.astype(np.float32).forward(x.astype(np.float32), training=False)
+    assert y32.dtype == np.float32
+    np.testing.assert_allclose(y32, expected, rtol=1e-4, atol=1e-4)
+    model.forward(x.astype(np.float32), training=True)
+    assert calls and all(calls), "training runs every batchnorm with batch statistics"
+
+
+def test_evaluation_applies_an_activation_in_place_only_on_a_new_array():
+    rng = np.random.default_rng(1)
+    specs = [("relu", {}), ("conv2d", {"filters": 3, "kernel_size": 3}), ("relu", {}), ("dropout", {"rate": 0.5}),
+             ("relu", {}), ("flatten", {}), ("dense", {"units": 4}), ("sigmoid", {})]
+    model = build_model(specs, (2, 6, 6), rng).astype(np.float64)
+    x = rng.standard_normal((3, 2, 6, 6))
+    x_before = x.copy()
+    expected = x
+    for layer in model.layers:
+        expected = layer.forward(expected, training=False)
+    np.testing.assert_array_equal(model.forward(x, training=False), expected)
+    np.testing.assert_array_equal(x, x_before)  # the first relu gets the caller's array: never in place

@@ -27,6 +27,8 @@ class Conv2D(Layer):
     channels-last memory (channels_last.py), tested equal to them.
     """
 
+    new_output = True  # forward returns an array of its own (Sequential may apply the next activation in place)
+
     def __init__(self, filters: int, kernel_size=3, stride=1, padding="valid", dilation=1,
                  use_bias: bool = True, init="he_normal"):
         super().__init__()
@@ -63,16 +65,24 @@ class Conv2D(Layer):
         return self.out_shape
 
     def forward(self, x, training):
+        return self._forward(x, self.params["W"], self.params.get("b"), training)
+
+    def forward_scaled(self, x, scale, shift):
+        """Evaluation forward, then y * scale + shift per filter, folded into W and b (a batchnorm after it)."""
+        b = shift if "b" not in self.params else self.params["b"] * scale + shift
+        return self._forward(x, self.params["W"] * scale[:, None, None, None], b, training=False)
+
+    def _forward(self, x, W, b, training):
         check_shape(x, self.in_shape, self)
         N = x.shape[0]
         F, OH, OW = self.out_shape
         xp = pad_nhwc(nhwc(x), self.pads)
-        W = self.params["W"].transpose(2, 3, 1, 0).reshape(-1, F)  # (KH*KW*C, F), matching im2col's columns
+        W = W.transpose(2, 3, 1, 0).reshape(-1, F)  # (KH*KW*C, F), matching im2col's columns
         y, blocks = conv_forward_nhwc(xp, W, self.kernel_size, self.stride, self.dilation, (OH, OW), training)
-        if self.use_bias:  # added row by row of the image, (OW*F,) at a time: a (F,) row per pixel is
+        if b is not None:  # added row by row of the image, (OW*F,) at a time: a (F,) row per pixel is
             # too short for a ufunc to amortise its per-row overhead when F is small
             rows = y.reshape(N * OH, OW * F)
-            rows += np.tile(self.params["b"], OW)
+            rows += np.tile(b, OW)
         if training:
             self._cache = (blocks, W, xp.shape)
         return nchw(y.reshape(N, OH, OW, F))

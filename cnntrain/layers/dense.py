@@ -14,6 +14,8 @@ from .conv import positive_int
 class Dense(Layer):
     """Fully connected, y = x @ W + b.  x: (N, D) -> y: (N, units); W: (D, units), b: (units,)."""
 
+    new_output = True  # forward returns an array of its own (Sequential may apply the next activation in place)
+
     def __init__(self, units: int, use_bias: bool = True, init="xavier_uniform"):
         super().__init__()
         self.units = positive_int(units, "units")
@@ -36,6 +38,12 @@ class Dense(Layer):
             self._cache = x
         y = x @ self.params["W"]
         return y + self.params["b"] if self.use_bias else y
+
+    def forward_scaled(self, x, scale, shift):
+        """Evaluation forward, then y * scale + shift per unit, folded into W and b (a batchnorm after it)."""
+        check_shape(x, self.in_shape, self)
+        b = shift if not self.use_bias else self.params["b"] * scale + shift
+        return x @ (self.params["W"] * scale) + b
 
     def backward(self, dy):
         self.backward_params(dy)

@@ -21,6 +21,8 @@ class BatchNorm(Layer):
     The plain version, node by node: reference.batchnorm_forward / batchnorm_backward / batchnorm_inference.
     """
 
+    new_output = True  # forward returns an array of its own (Sequential may apply the next activation in place)
+
     def __init__(self, momentum: float = 0.1, eps: float = 1e-5):
         super().__init__()
         if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum <= 1:
@@ -74,10 +76,10 @@ class BatchNorm(Layer):
         gamma = self.params["gamma"].astype(x.dtype, copy=False)
         beta = self.params["beta"].astype(x.dtype, copy=False)
         if not training:
-            var = self.buffers["running_var"].astype(x.dtype, copy=False)
-            scale = gamma / np.sqrt(var + x.dtype.type(self.eps))
-            shift = beta - self.buffers["running_mean"].astype(x.dtype, copy=False) * scale
-            return self._like(xm * np.tile(scale, T) + np.tile(shift, T), x)
+            scale, shift = self.inference_affine(x.dtype)
+            y = xm * np.tile(scale, T)
+            y += np.tile(shift, T)
+            return self._like(y, x)
         m = len(xm) * T  # values per channel or feature
         if m < 2:
             raise ValueError(f"batchnorm: training needs more than one value per feature, got input shape {x.shape}")
@@ -90,6 +92,13 @@ class BatchNorm(Layer):
         y = xc * np.tile(gamma * inv_std, T)  # gamma * xhat + beta, with xhat never stored
         y += np.tile(beta, T)
         return self._like(y, x)
+
+    def inference_affine(self, dtype) -> tuple[np.ndarray, np.ndarray]:
+        """(scale, shift) per channel: evaluation is y = x * scale + shift, from the running statistics."""
+        gamma, beta = (self.params[k].astype(dtype, copy=False) for k in ("gamma", "beta"))
+        var = self.buffers["running_var"].astype(dtype, copy=False)
+        scale = gamma / np.sqrt(var + np.dtype(dtype).type(self.eps))
+        return scale, beta - self.buffers["running_mean"].astype(dtype, copy=False) * scale
 
     def _update_running(self, batch_mean, batch_var_unbiased):
         # new arrays rather than in-place updates: a saved state_dict never aliases live buffers

@@ -17,6 +17,7 @@ from .registry import did_you_mean
 from .runs import read_csv
 
 X_AXES = ("epoch", "step", "time")
+MAX_LABEL_KEYS = 3  # runs differing in more config keys than this are labelled by their names
 
 
 @dataclass
@@ -135,6 +136,8 @@ def label_runs(runs: list[Run], keys=()) -> None:
         differ.sort(key=lambda k: (not k.endswith(".name"), k))
     for r in runs:
         parts = [_part(k, r) for k in differ]
+        if len(parts) > MAX_LABEL_KEYS and not keys:  # too many differences to read: the run's own name
+            parts = [str(r.config.get("name") or r.path.name)]
         r.label = ", ".join(parts) if parts and (len(runs) > 1 or keys) else r.path.name
     labels = [r.label for r in runs]
     for r in runs:  # two runs with identical configs (e.g. repeated): tell them apart by folder

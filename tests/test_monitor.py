@@ -142,3 +142,16 @@ def test_compare_labels_architectures_by_a_layer_summary_and_by_chosen_keys(tmp_
         "optimizer.lr=0.001, train.monitor=val_acc (conv)", "optimizer.lr=0.001, train.monitor=val_acc (small)"}
     result = CliRunner().invoke(cli, args + ["--label", "optimizer.lrr"])
     assert result.exit_code == 2 and "--label optimizer.lrr: " in result.output and "did you mean 'optimizer.lr'" in result.output
+
+
+def test_runs_differing_in_many_keys_are_labelled_by_name(tmp_path):
+    layers = ["flatten", {"dense": {"units": 10}}]
+    for name, lr in (("alpha", 0.1), ("beta", 0.2)):
+        run = make_run(tmp_path, name, layers, "val_acc", [0.5], [1.0])
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        config["optimizer"]["lr"] = lr
+        config["seed"], config["train"]["epochs"], config["data"] = int(lr * 10), int(lr * 100), {"validation": lr}
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(cli, ["compare", str(tmp_path / "*"), "--out", str(tmp_path / "c.png"), "--json"])
+    assert sorted(r["label"] for r in json.loads(result.output)["runs"]) == ["alpha", "beta"]
+

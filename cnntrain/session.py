@@ -141,18 +141,17 @@ def _train(exp: Experiment, run_dir: Path, setup: Setup, state: TrainState, echo
                "monitor": monitor.name, "monitor_mode": monitor.mode, "monitor_requested": monitor.metric}
     write_json(run_dir / "summary.json", summary)
     step_columns = STEP_COLUMNS + (["momentum"] if setup.momentum else [])
+    threads = ThreadPolicy(processes, cfg.train.threads, echo)
     callbacks = [ProgressBar(cfg.train.epochs, bar=progress), CSVLogger(run_dir, step_columns),
                  Checkpointer(run_dir, cfg.to_yaml(), model, setup.optimizer, splits.classes,
                               loader.preprocess.state(), monitor, cfg.train.checkpoint_every),
-                 PlotCallback(run_dir)]
+                 PlotCallback(run_dir), threads]
     if cfg.train.log_grad_norms:
         callbacks.append(GradNormLogger(run_dir))
     es = cfg.train.early_stopping
     if es is not None:
         callbacks.append(EarlyStopping(Monitor(es.monitor or cfg.train.monitor, has_val, es.min_delta), es.patience))
     keep_freed_memory()
-    threads = ThreadPolicy(processes, cfg.train.threads, echo)
-    callbacks.append(threads)
     try:
         with stop_on_signals() as stop_requested:
             state = fit(model, loss, setup.optimizer, setup.schedule, loader, splits.val, cfg.train.epochs, callbacks,

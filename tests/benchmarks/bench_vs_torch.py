@@ -1,7 +1,7 @@
 """cnntrain vs PyTorch on the CPU, as a user compares them: each framework in its own process.
 
 Not part of the test suite. PyTorch lives in a separate venv (never a dependency of cnntrain):
-    python3 -m venv .venv-torch && .venv-torch/bin/pip install torch==2.13.0
+    python3 -m venv .venv-torch && .venv-torch/bin/pip install torch==2.13.0 numpy
     CNNTRAIN_DATA=../shared/datasets python tests/benchmarks/bench_vs_torch.py --torch-python .venv-torch/bin/python
 
 For every network and round, one fresh process per framework times training steps (batch 64,

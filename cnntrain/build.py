@@ -52,11 +52,7 @@ class Experiment:
             raise ConfigError(f"{cfg.source}: model.input_shape: {list(cfg.model.input_shape)} does not match the "
                               f"dataset's images {list(input_shape)} (channels, height, width)")
         rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(MODEL_STREAM,)))
-        model = Sequential(copy.deepcopy(list(self.layers)))
-        try:
-            model.build(input_shape, rng)
-        except ValueError as exc:
-            raise ConfigError(f"{cfg.source}: model.layers: {exc}") from None
+        model = _built(copy.deepcopy(list(self.layers)), input_shape, rng, f"{cfg.source}: model.layers")
         if n_classes is not None:
             try:
                 self.loss.check_output(model.out_shape, n_classes)
@@ -144,6 +140,11 @@ def experiment_from_text(text: str, source: str) -> Experiment:
 def build_model(layer_specs, in_shape, rng: np.random.Generator, where: str = "model.layers") -> Sequential:
     """[(name, kwargs), ...] -> a built Sequential; ConfigError names the layer's key path."""
     layers = [LAYERS.create(name, kwargs, where=f"{where}[{i}].{name}") for i, (name, kwargs) in enumerate(layer_specs)]
+    return _built(layers, in_shape, rng, where)
+
+
+def _built(layers, in_shape, rng: np.random.Generator, where: str) -> Sequential:
+    """A Sequential of `layers` built for in_shape; a misfit is a ConfigError at `where`."""
     model = Sequential(layers)
     try:
         model.build(in_shape, rng)

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import math
 
+from .monitor import Monitor
+
 
 def pct(value) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}%"
 
 
 def _monitored(metric: str, value) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-"
-    return pct(value) if metric.endswith("acc") else f"{value:.4f}"
+    return Monitor(metric).format(value)
 
 
 def final_line(s: dict) -> str:

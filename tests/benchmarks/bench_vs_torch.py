@@ -9,6 +9,8 @@ Adam or the config's AdamW, float32) and inference (batch 1000) on the same batc
 a shared .npy file (real MNIST, or generated 3x32x32 images for the CIFAR-10 network); data
 loading is excluded for both. The order of the frameworks alternates between rounds, and the
 table reports each median and the cnntrain / PyTorch ratio. Both get the same thread count.
+A third process per round times only the step's matrix products at their shapes (gemm_floor.py):
+the speed a NumPy im2col + sgemm step could reach if everything else in it were free.
 """
 
 from __future__ import annotations
@@ -74,6 +76,12 @@ def write_data(path: Path, shape) -> None:
 
 def run_worker(framework: str, spec: dict, data: str, steps: int, warmup: int) -> dict:
     import numpy as np
+
+    if framework == "gemm":
+        from gemm_floor import gemm_images_per_second
+
+        return {"train": gemm_images_per_second(spec, TRAIN_BATCH, training=True),
+                "infer": gemm_images_per_second(spec, INFER_BATCH, training=False)}
 
     with np.load(data) as f:
         x, y = f["x"], f["y"]
@@ -202,7 +210,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--networks", default=",".join(NETWORKS))
-    parser.add_argument("--worker", dest="framework", choices=["cnntrain", "torch"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", dest="framework", choices=["cnntrain", "torch", "gemm"], help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -216,10 +224,11 @@ def main() -> None:
     print(f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores, {args.threads} threads, "
           f"numpy {np.__version__}, torch {torch_version}; train batch {TRAIN_BATCH}, inference batch "
           f"{INFER_BATCH}; each framework in its own process, alternating, medians of {args.rounds} rounds")
-    print("| network | cnntrain train img/s | PyTorch train img/s | ratio | cnntrain infer img/s | "
-          "PyTorch infer img/s | ratio |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |", flush=True)
-    pythons = {"cnntrain": sys.executable, "torch": args.torch_python}
+    print("| network | cnntrain train img/s | PyTorch train img/s | ratio | GEMM-only ceiling | ceiling / PyTorch "
+          "| cnntrain infer img/s | PyTorch infer img/s | ratio |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |", flush=True)
+    pythons = {"cnntrain": sys.executable, "torch": args.torch_python, "gemm": sys.executable}
+    orders = [["cnntrain", "torch", "gemm"], ["torch", "gemm", "cnntrain"], ["gemm", "cnntrain", "torch"]]
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.networks.split(","):
             spec = network_spec(name)
@@ -227,11 +236,12 @@ def main() -> None:
             write_data(data, spec["input_shape"])
             results = {fw: [] for fw in pythons}
             for r in range(args.rounds):
-                for fw in (["cnntrain", "torch"] if r % 2 == 0 else ["torch", "cnntrain"]):
+                for fw in orders[r % len(orders)]:
                     results[fw].append(spawn(pythons[fw], fw, spec, data, args))
             med = {(fw, m): statistics.median(x[m] for x in results[fw]) for fw in pythons for m in ("train", "infer")}
             print(f"| {name} | {med['cnntrain', 'train']:,.0f} | {med['torch', 'train']:,.0f} | "
-                  f"{med['cnntrain', 'train'] / med['torch', 'train']:.2f}x | {med['cnntrain', 'infer']:,.0f} | "
+                  f"{med['cnntrain', 'train'] / med['torch', 'train']:.2f}x | {med['gemm', 'train']:,.0f} | "
+                  f"{med['gemm', 'train'] / med['torch', 'train']:.2f}x | {med['cnntrain', 'infer']:,.0f} | "
                   f"{med['torch', 'infer']:,.0f} | {med['cnntrain', 'infer'] / med['torch', 'infer']:.2f}x |",
                   flush=True)
 

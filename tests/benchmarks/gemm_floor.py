@@ -1,0 +1,87 @@
+"""How fast could a NumPy training step be, if everything but its matrix products were free?
+
+Not part of the test suite. A convolution trained the im2col way costs three GEMMs per step
+(forward, weight gradient, input gradient; the first layer needs no input gradient) and a dense
+layer three more. This times exactly those products, one big np.matmul each at the network's
+shapes (batch 64, float32, the BLAS threads of the environment), with no im2col, pooling,
+activation or optimizer work, and prints the images/s that GEMM time alone allows. Where it is
+below what PyTorch trains at (tests/benchmarks/bench_vs_torch.py), no arrangement of NumPy code
+around sgemm can reach PyTorch: its convolutions are oneDNN's direct kernels, not im2col + GEMM.
+
+    CNNTRAIN_DATA=../shared/datasets python tests/benchmarks/gemm_floor.py [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_vs_torch import NETWORKS, TRAIN_BATCH, network_spec  # noqa: E402
+
+
+def gemm_shapes(spec: dict, batch: int, training: bool = True) -> list[tuple[str, int, int, int]]:
+    """(what, M, K, N) of every product of one training step (or forward pass): (M, K) @ (K, N)."""
+    from cnntrain.build import build_model
+
+    model = build_model([tuple(s) for s in spec["layers"]], spec["input_shape"], np.random.default_rng(0))
+    shapes, first = [], True
+    for layer in model.layers:
+        kind = type(layer).__name__.lower()
+        if hasattr(layer, "kernel_size"):
+            C, F = layer.in_shape[0], layer.filters
+            OH, OW = layer.out_shape[1:]
+            M, K = batch * OH * OW, C * layer.kernel_size[0] * layer.kernel_size[1]
+            shapes += [(f"{kind} forward", M, K, F)]
+            shapes += [(f"{kind} dW", K, M, F)] + ([] if first else [(f"{kind} dx", M, F, K)]) if training else []
+        elif kind == "dense":
+            D, U = layer.in_shape[0], layer.out_shape[0]
+            shapes += [("dense forward", batch, D, U)]
+            shapes += [("dense dW", D, batch, U)] + ([] if first else [("dense dx", batch, U, D)]) if training else []
+        else:
+            continue
+        first = False
+    return shapes
+
+
+def time_gemm(M: int, K: int, N: int, repeats: int) -> float:
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((M, K), dtype=np.float32)
+    b = rng.standard_normal((K, N), dtype=np.float32)
+    out = np.empty((M, N), np.float32)
+    np.matmul(a, b, out=out)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.matmul(a, b, out=out)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def gemm_images_per_second(spec: dict, batch: int, training: bool, repeats: int = 30) -> float:
+    """Images/s of a step (or forward pass) that did nothing but its GEMMs."""
+    return batch / sum(time_gemm(M, K, N, repeats) for _, M, K, N in gemm_shapes(spec, batch, training))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--networks", nargs="*", default=list(NETWORKS))
+    args = parser.parse_args()
+    print("| network | GEMMs per step | GEMM-only step (ms) | images/s with GEMMs alone | GFLOP/s |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name in args.networks:
+        shapes = gemm_shapes(network_spec(name), TRAIN_BATCH)
+        seconds = sum(time_gemm(M, K, N, args.repeats) for _, M, K, N in shapes)
+        flops = sum(2 * M * K * N for _, M, K, N in shapes)
+        print(f"| {name} | {len(shapes)} | {seconds * 1e3:.2f} | {TRAIN_BATCH / seconds:,.0f} | "
+              f"{flops / seconds / 1e9:.0f} |")
+
+
+if __name__ == "__main__":
+    main()

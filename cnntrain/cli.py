@@ -218,32 +218,28 @@ def bench(config, overrides, batch_size, steps, profile, as_json):
 @click.option("--out", type=click.Path(dir_okay=False), default="compare.png", show_default=True)
 @click.option("--label", "labels", multiple=True, metavar="KEY.PATH",
               help="Label runs by this config key (repeatable), e.g. --label optimizer.lr.")
+@click.option("--group-by", "group_by", multiple=True, metavar="KEY.PATH",
+              help="One mean curve (min-max band) and table row per value of this config key (repeatable).")
+@click.option("--mean-over-seeds", is_flag=True, help="Group runs whose configs differ only in seed (and name).")
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
-def compare(runs, metrics, x_axis, smooth, logy, out, labels, as_json):
+def compare(runs, metrics, x_axis, smooth, logy, out, labels, group_by, mean_over_seeds, as_json):
     """Overlay the curves of several runs in one figure and print a table.
 
     RUN_DIR may be a run directory, a glob, or a folder of runs. Runs are labelled by
     the config keys that differ between them (e.g. optimizer.name=adam; architectures
     by a short layer summary), or by --label keys. The table gives each run's best value
-    of the metric it monitored (train.monitor) and its epoch, as in summary.json.
+    of the metric it monitored (train.monitor) and its epoch, as in summary.json; grouped,
+    each group's mean and std of it over its runs.
     """
-    from .compare import load_runs, require, table
-    from .plots import DEFAULT_PANELS, plot_compare
-    from .report import compare_lines
+    from .compare import compare_runs
+    from .report import compare_lines, group_lines
 
-    loaded = load_runs(runs, labels)
-    if metrics:
-        for metric in metrics:
-            require(loaded, "--metric", metric)
-        panels = [(m, (m,)) for m in metrics]
-    else:
-        panels = DEFAULT_PANELS
-    figure = plot_compare(loaded, panels, x_axis, smooth, logy, out)
-    rows = table(loaded)
+    figure, rows = compare_runs(runs, metrics, x_axis, smooth, logy, out, labels, group_by, mean_over_seeds)
+    grouped = bool(group_by or mean_over_seeds)
     if as_json:
-        click.echo(json.dumps({"runs": rows, "figure": str(figure)}))
+        click.echo(json.dumps({"groups" if grouped else "runs": rows, "figure": str(figure)}))
         return
-    for line in compare_lines(rows):
+    for line in (group_lines if grouped else compare_lines)(rows):
         click.echo(line)
     click.echo(f"figure: {figure}")
 
@@ -337,6 +333,11 @@ def predict(checkpoint, images, top_k, as_json):
     for r in results:
         tops = ", ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in r["top"])
         click.echo(f"{r['image']}: {tops}")
+
+
+from .sweep.command import sweep  # noqa: E402  (its module holds the command: cli.py stays one screenful per command)
+
+cli.add_command(sweep)
 
 
 def main():

@@ -120,32 +120,39 @@ def require(runs: list[Run], option: str, key: str) -> None:
 
 
 def label_runs(runs: list[Run], keys=()) -> None:
-    """Label each run by `keys` (config key paths) or by the config keys whose values differ between the runs.
+    """Set each run's label: by `keys` (config key paths) or by the config keys whose values differ."""
+    for r, label in zip(runs, make_labels(runs, keys)):
+        r.label = label
+
+
+def make_labels(runs: list[Run], keys=(), ignore=("name",)) -> list[str]:
+    """A label per run from `keys`, else from the config keys (but `ignore`) whose values differ between the runs.
 
     Only keys every run has count (adam's betas are no difference from sgd, whose name already
     differs), and `*.name` keys come first. Differing architectures are named by a short layer
     summary; other long lists by the run's name.
     """
-    if keys:
-        for key in keys:
-            require(runs, "--label", key)
-        differ = list(keys)
-    else:
-        common = set.intersection(*(set(r.flat) for r in runs)) - {"name"}
-        differ = [k for k in common if len({json.dumps(r.flat[k], sort_keys=True) for r in runs}) > 1]
-        differ.sort(key=lambda k: (not k.endswith(".name"), k))
+    for key in keys:
+        require(runs, "--label", key)
+    differ = list(keys) or differing_keys(runs, ignore)
+    labels = []
     for r in runs:
-        parts = [_part(k, r) for k in differ]
+        parts = [label_part(k, r) for k in differ]
         if len(parts) > MAX_LABEL_KEYS and not keys:  # too many differences to read: the run's own name
             parts = [str(r.config.get("name") or r.path.name)]
-        r.label = ", ".join(parts) if parts and (len(runs) > 1 or keys) else r.path.name
-    labels = [r.label for r in runs]
-    for r in runs:  # two runs with identical configs (e.g. repeated): tell them apart by folder
-        if labels.count(r.label) > 1:
-            r.label = f"{r.label} ({r.path.name})"
+        labels.append(", ".join(parts) if parts and (len(runs) > 1 or keys) else r.path.name)
+    # two runs with identical configs (e.g. repeated): tell them apart by folder
+    return [f"{label} ({r.path.name})" if labels.count(label) > 1 else label for r, label in zip(runs, labels)]
 
 
-def _part(key: str, run: Run) -> str:
+def differing_keys(runs: list[Run], ignore=("name",)) -> list[str]:
+    """Config key paths every run has, but `ignore`, whose values differ between the runs; `*.name` keys first."""
+    common = set.intersection(*(set(r.flat) for r in runs)) - set(ignore)
+    differ = [k for k in common if len({json.dumps(r.flat[k], sort_keys=True) for r in runs}) > 1]
+    return sorted(differ, key=lambda k: (not k.endswith(".name"), k))
+
+
+def label_part(key: str, run: Run) -> str:
     value = run.flat.get(key)
     if key == "model.layers" and isinstance(value, list):
         return f"layers={layer_summary(value)}"
@@ -210,3 +217,22 @@ def table(runs: list[Run]) -> list[dict]:
             "images_per_s": s.get("images_per_second"), "status": s.get("status"),
         })
     return rows
+
+
+def compare_runs(targets, metrics=(), x="epoch", smooth=None, logy=False, out="compare.png", label_keys=(),
+                 group_by=(), over_seeds=False) -> tuple[Path, list[dict]]:
+    """`cnntrain compare`: load the runs, draw the figure to `out`, return (figure path, table rows).
+
+    With `group_by` keys or `over_seeds` the runs are grouped (groups.group_runs): a mean curve with
+    its min-max band and a table row per group instead of per run.
+    """
+    from .groups import group_runs, group_table
+    from .plots import DEFAULT_PANELS, plot_compare
+
+    runs = load_runs(targets, label_keys)
+    for metric in metrics:
+        require(runs, "--metric", metric)
+    panels = [(m, (m,)) for m in metrics] or DEFAULT_PANELS
+    groups = group_runs(runs, group_by, over_seeds, label_keys) if group_by or over_seeds else None
+    figure = plot_compare(runs, panels, x, smooth, logy, out, groups)
+    return figure, table(runs) if groups is None else group_table(groups)

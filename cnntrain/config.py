@@ -179,6 +179,7 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)      # {name, ...options}
     train: TrainConfig = field(default_factory=TrainConfig)
     momentum_schedule: Optional[MomentumScheduleConfig] = None  # for momentum/nesterov, e.g. {name: linear, start: 0.5, end: 0.99, duration: 5}
+    sweep: Optional[dict] = field(default=None, metadata={"omit_none": True})  # many runs of this file: `cnntrain sweep` (grid, sample, seeds, halving); ignored by `cnntrain run`
     source: str = field(default="<config>", repr=False, metadata={"internal": True})  # where it came from (not saved)
 
     @property
@@ -211,7 +212,7 @@ class Config:
         out = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.metadata.get("internal"):
+            if f.metadata.get("internal") or (value is None and f.metadata.get("omit_none")):
                 continue
             out[f.name] = value.to_data() if isinstance(value, NamedSection) else (
                 dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value)
@@ -326,6 +327,9 @@ def config_from_dict(data, source: str = "<config>", overrides=(), default_name:
     if cfg.name is None:
         cfg.name = default_name or "run"
     cfg.source = source
+    if cfg.sweep is not None:  # lazily: sweep.spec imports NumPy, and parse_sweep prefixes source itself
+        from .sweep.spec import parse_sweep
+        parse_sweep(cfg.sweep, source)
     return cfg
 
 

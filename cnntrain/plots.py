@@ -29,10 +29,13 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path) -> None:
+def _save(fig, path) -> Path:
+    """The figure as a PNG written atomically to `path`, then closed (pyplot keeps open figures alive)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
     atomic_write_bytes(path, buf.getvalue())
+    _pyplot().close(fig)
+    return Path(path)
 
 
 def plot_run(run_dir) -> list[Path]:
@@ -56,9 +59,7 @@ def plot_run(run_dir) -> list[Path]:
     ax.set(title=f"Loss: {name}", xlabel="epoch", ylabel="loss (log scale)", yscale="log")
     ax.grid(alpha=0.3)
     ax.legend()
-    _save(fig, run_dir / "loss.png")
-    plt.close(fig)
-    written.append(run_dir / "loss.png")
+    written.append(_save(fig, run_dir / "loss.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     ax.plot(metrics["epoch"], 100 * metrics["train_acc"], "o-", label="train")
@@ -67,18 +68,14 @@ def plot_run(run_dir) -> list[Path]:
     ax.set(title=f"Accuracy: {name}", xlabel="epoch", ylabel="accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend()
-    _save(fig, run_dir / "accuracy.png")
-    plt.close(fig)
-    written.append(run_dir / "accuracy.png")
+    written.append(_save(fig, run_dir / "accuracy.png"))
 
     if steps:
         fig, ax = plt.subplots(figsize=(7, 3.5))
         ax.plot(steps["step"], steps["lr"])
         ax.set(title=f"Learning rate: {name}", xlabel="step (optimizer update)", ylabel="learning rate")
         ax.grid(alpha=0.3)
-        _save(fig, run_dir / "lr.png")
-        plt.close(fig)
-        written.append(run_dir / "lr.png")
+        written.append(_save(fig, run_dir / "lr.png"))
     return written
 
 
@@ -98,9 +95,7 @@ def plot_confusion(cm: np.ndarray, classes, path, title: str) -> Path:
             ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
                     color="white" if cm[i, j] > threshold else "black")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="images")
-    _save(fig, path)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def plot_schedule(table: dict, steps_per_epoch: int, path, title: str) -> Path:
@@ -118,33 +113,39 @@ def plot_schedule(table: dict, steps_per_epoch: int, path, title: str) -> Path:
     for ax in axes[:, 0]:
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 DEFAULT_PANELS = (("loss", ("train_loss", "val_loss")), ("accuracy", ("train_acc", "val_acc")), ("learning rate", ("lr",)))
 AXIS_LABELS = {"epoch": "epoch", "step": "step (optimizer updates)", "time": "training time (s)"}
 
 
-def plot_compare(runs, panels, x: str, smooth: float | None, logy: bool, path) -> Path:
-    """Every run's curves overlaid, one panel per group of metrics; solid train, dashed validation."""
-    from .compare import ewma
+def plot_compare(runs, panels, x: str, smooth: float | None, logy: bool, path, groups=None) -> Path:
+    """compare_figure saved to `path`."""
+    return _save(compare_figure(runs, panels, x, smooth, logy, groups), path)
+
+
+def compare_figure(runs, panels, x: str, smooth: float | None, logy: bool, groups=None):
+    """Every run's curves overlaid, one panel per group of metrics; solid train, dashed validation.
+
+    With `groups` (groups.group_runs), each group's mean over its runs instead, with a shaded min-max
+    band, labelled 'label (n=3)'. Returns the unsaved Figure.
+    """
+    from .groups import Group, mean_curve
 
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
     for ax, (title, metrics) in zip(axes[0], panels):
-        for i, run in enumerate(runs):
+        for i, group in enumerate(groups or [Group(r.label, [r]) for r in runs]):
             color = f"C{i % 10}"
             for metric in metrics:
-                xs, y = run.curve(metric, x)
-                if metric.endswith("acc"):
-                    y = 100 * y
-                if smooth and metric != "lr":
-                    y = ewma(y, smooth)
-                style = "--" if metric.startswith("val_") else "-"
-                ax.plot(xs, y, style, color=color, lw=1.6 if len(y) < 200 else 0.8,
-                        label=run.label if metric == metrics[0] else None)
+                xs, y, lo, hi = mean_curve(group, metric, x, smooth)
+                scale = 100 if metric.endswith("acc") else 1
+                label = (f"{group.label} (n={group.n})" if groups else group.label) if metric == metrics[0] else None
+                ax.plot(xs, scale * y, "--" if metric.startswith("val_") else "-", color=color,
+                        lw=1.6 if len(y) < 200 else 0.8, label=label)
+                if groups:
+                    ax.fill_between(xs, scale * lo, scale * hi, color=color, alpha=0.2, lw=0)
         kind = ("accuracy (%)" if all(m.endswith("acc") for m in metrics)
                 else "loss" if all(m.endswith("loss") for m in metrics) else " / ".join(metrics))
         ax.set(title=title + (" (solid train, dashed validation)" if len(metrics) > 1 else ""),
@@ -159,9 +160,7 @@ def plot_compare(runs, panels, x: str, smooth: float | None, logy: bool, path) -
     rows = -(-len(labels) // ncol)
     fig.legend(handles, labels, loc="lower center", ncol=ncol, frameon=False, fontsize=9)
     fig.tight_layout(rect=(0, 0.02 + 0.055 * rows, 1, 1))
-    _save(fig, path)
-    plt.close(fig)
-    return Path(path)
+    return fig
 
 
 def plot_grad_norms(run_dir) -> Path:
@@ -184,9 +183,7 @@ def plot_grad_norms(run_dir) -> Path:
     axes[1].legend(fontsize=8, title="input -> output", title_fontsize=8)
     fig.suptitle(run_dir.name)
     fig.tight_layout()
-    _save(fig, run_dir / "grad_norms.png")
-    plt.close(fig)
-    return run_dir / "grad_norms.png"
+    return _save(fig, run_dir / "grad_norms.png")
 
 
 RUNAWAY = 100.0  # a path whose |f| exceeds this many times the contour panel's largest |f| has run off
@@ -301,9 +298,7 @@ def plot_surface(name, fn, paths: dict, path, animate: bool = False) -> Path:
     plt = _pyplot()
     fig, _, _, artists, values = surface_figure(name, fn, paths)
     if not animate:
-        _save(fig, path)
-        plt.close(fig)
-        return Path(path)
+        return _save(fig, path)
     from matplotlib.animation import FuncAnimation, PillowWriter
 
     longest = max(len(p) for p in paths.values())
@@ -343,6 +338,4 @@ def plot_preview(raw: np.ndarray, augmented: np.ndarray, labels, classes, path, 
                       interpolation="nearest")
             ax.set_title(f"{classes[labels[i]]}" if what == "stored" else "augmented", fontsize=8)
     fig.suptitle(title)
-    _save(fig, path)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)

@@ -83,3 +83,26 @@ def compare_lines(rows: list[dict]) -> list[str]:
                      f"{r['best_epoch'] or '-':>8}  {r['final_train_loss']:>16.4f}  {pct(r['test_acc']):>8}  "
                      f"{r['epochs']:>6}  {r['train_seconds']:>8.1f}  {ips:>9}")
     return lines
+
+
+def spread_text(metric: str, mean, std) -> str:
+    """'98.44 ± 0.12%' for an accuracy, '0.0412 ± 0.0011' for a loss; no ± without a std, '-' without a mean."""
+    if mean is None:
+        return "-"
+    if metric.endswith("acc"):
+        return f"{100 * mean:.2f}%" if std is None else f"{100 * mean:.2f} ± {100 * std:.2f}%"
+    return f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f}"
+
+
+def group_lines(rows: list[dict]) -> list[str]:
+    """One row per group of runs, best first: its size, the monitored metric's best value as mean ± std
+    over the runs, the mean epoch of that best, and the test accuracy's mean ± std."""
+    cells = [(r["label"], str(r["n"]), r["monitor"], spread_text(r["monitor_metric"], r["mean"], r["std"]),
+              "-" if r["best_epoch"] is None else f"{r['best_epoch']:.1f}",
+              "-" if r["test_acc"] is None else spread_text("test_acc", r["test_acc"]["mean"], r["test_acc"]["std"]))
+             for r in rows]
+    header = ("group", "n", "monitor", "best (mean ± std)", "at epoch (mean)", "test acc (mean ± std)")
+    widths = [max(len(row[i]) for row in cells + [header]) for i in range(len(header))]
+    line = lambda row: "  ".join(c.ljust(w) if i in (0, 2) else c.rjust(w)  # noqa: E731
+                                 for i, (c, w) in enumerate(zip(row, widths)))
+    return [line(header)] + [line(row) for row in cells]

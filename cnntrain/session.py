@@ -54,31 +54,46 @@ def stop_on_signals():
             signal.signal(sig, h)
 
 
-def train_from_config(exp: Experiment, runs_dir="runs", echo=print, progress=None) -> dict:
-    """Train an experiment end to end into a new run directory; returns summary.json's content."""
+def train_from_config(exp: Experiment, runs_dir="runs", echo=print, progress=None, run_dir=None,
+                      until_epoch: int | None = None) -> dict:
+    """Train an experiment end to end into a new run directory; returns summary.json's content.
+
+    run_dir: this directory (created, or holding no run yet) instead of a new runs_dir/<name>-<timestamp>.
+    until_epoch: pause after that epoch with status "paused"; `resume_run` continues it exactly.
+    """
     with TrainingProcesses() as processes:  # listed before the data loads, so a run started alongside counts it
-        return _train_new(exp, runs_dir, echo, progress, processes)
+        return _train_new(exp, runs_dir, echo, progress, processes, run_dir, until_epoch)
 
 
-def _train_new(exp: Experiment, runs_dir, echo, progress, processes) -> dict:
+def _train_new(exp: Experiment, runs_dir, echo, progress, processes, run_dir, until_epoch) -> dict:
     cfg = exp.cfg
     splits = load_splits(cfg, log=echo)
     setup = build_setup(exp, splits)
-    run_dir = make_run_dir(runs_dir, cfg.name)
+    run_dir = make_run_dir(runs_dir, cfg.name) if run_dir is None else _empty_run_dir(Path(run_dir))
     echo(f"run directory: {run_dir}")
     for line in setup.loader.preprocess.describe():
         echo(f"preprocess {line}")
     atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
-    return _train(exp, run_dir, setup, TrainState(), echo, progress, processes)
+    return _train(exp, run_dir, setup, TrainState(), echo, progress, processes, until_epoch)
 
 
-def resume_run(run_dir, epochs: int | None = None, echo=print, progress=None) -> dict:
+def _empty_run_dir(run_dir: Path) -> Path:
+    try:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunError(f"{run_dir}: cannot create the run directory: {exc.strerror or exc}") from None
+    if (run_dir / "config.yaml").exists() or any((run_dir / "checkpoints").iterdir()):
+        raise RunError(f"{run_dir}: already holds a run; resume it or choose another directory")
+    return run_dir
+
+
+def resume_run(run_dir, epochs: int | None = None, echo=print, progress=None, until_epoch: int | None = None) -> dict:
     """Continue a run from checkpoints/last.npz, as if it had never stopped (optionally to more epochs)."""
     with TrainingProcesses() as processes:
-        return _resume(Path(run_dir), epochs, echo, progress, processes)
+        return _resume(Path(run_dir), epochs, echo, progress, processes, until_epoch)
 
 
-def _resume(run_dir: Path, epochs, echo, progress, processes) -> dict:
+def _resume(run_dir: Path, epochs, echo, progress, processes, until_epoch) -> dict:
     path = run_dir / "config.yaml"
     try:
         text = path.read_text()
@@ -115,7 +130,7 @@ def _resume(run_dir: Path, epochs, echo, progress, processes) -> dict:
     truncate_csv(run_dir / "grad_norms.csv", "step", state.step)
     atomic_write_text(path, cfg.to_yaml())
     echo(f"resuming {run_dir} at epoch {state.epoch + 1}, step {state.step + 1}")
-    return _train(exp, run_dir, setup, state, echo, progress, processes)
+    return _train(exp, run_dir, setup, state, echo, progress, processes, until_epoch)
 
 
 def _status(run_dir: Path) -> str | None:
@@ -125,7 +140,8 @@ def _status(run_dir: Path) -> str | None:
         return None
 
 
-def _train(exp: Experiment, run_dir: Path, setup: Setup, state: TrainState, echo, progress, processes) -> dict:
+def _train(exp: Experiment, run_dir: Path, setup: Setup, state: TrainState, echo, progress, processes,
+           until_epoch: int | None = None) -> dict:
     """fit() with the run directory's callbacks; keeps summary.json's status current."""
     from .progress import ProgressBar
 
@@ -157,7 +173,8 @@ def _train(exp: Experiment, run_dir: Path, setup: Setup, state: TrainState, echo
             state = fit(model, loss, setup.optimizer, setup.schedule, loader, splits.val, cfg.train.epochs, callbacks,
                         state, eval_batch_size=cfg.train.eval_batch_size, penalty=setup.penalty,
                         momentum=setup.momentum, chunk_size=setup.chunk_size,
-                        grad_clip_norm=cfg.train.grad_clip_norm, stop_requested=stop_requested)
+                        grad_clip_norm=cfg.train.grad_clip_norm, stop_requested=stop_requested,
+                        until_epoch=until_epoch)
     except Interrupted as exc:
         write_json(run_dir / "summary.json", {**summary, "status": "interrupted"})
         raise RunInterrupted(f"interrupted at epoch {state.epoch + 1}, step {state.step}; checkpoint saved; "
@@ -169,6 +186,13 @@ def _train(exp: Experiment, run_dir: Path, setup: Setup, state: TrainState, echo
         write_json(run_dir / "summary.json", {**summary, "status": "failed"})
         raise
 
+    progress_fields = {"epochs": state.epoch, "steps": state.step, "stopped_early": state.stopped_early,
+                       "best_monitor_value": json_number(state.best_value), "best_epoch": state.best_epoch,
+                       "train_seconds": round(state.train_seconds, 3), "blas_threads": threads.threads}
+    if state.epoch < cfg.train.epochs and not state.stopped_early:  # paused by until_epoch
+        summary.update(status="paused", **progress_fields)
+        write_json(run_dir / "summary.json", summary)
+        return summary
     best = run_dir / "checkpoints" / "best.npz"
     if best.is_file():  # test the weights that eval uses by default
         _, _, arrays = load_checkpoint(best)
@@ -177,15 +201,13 @@ def _train(exp: Experiment, run_dir: Path, setup: Setup, state: TrainState, echo
     last = state.history[-1]
     val_accs = [row["val_acc"] for row in state.history if math.isfinite(row["val_acc"])]
     summary.update({
-        "status": "completed", "epochs": state.epoch, "steps": state.step, "stopped_early": state.stopped_early,
+        "status": "completed", **progress_fields,
         "test_loss": json_number(test_loss), "test_accuracy": json_number(test_acc), "test_checkpoint": "best.npz",
-        "best_monitor_value": json_number(state.best_value), "best_epoch": state.best_epoch,
         "best_val_accuracy": max(val_accs) if val_accs else None,
         "final_train_loss": json_number(last["train_loss"]), "final_train_accuracy": json_number(last["train_acc"]),
         "final_val_loss": json_number(last["val_loss"]), "final_val_accuracy": json_number(last["val_acc"]),
-        "train_seconds": round(state.train_seconds, 3),
         "images_per_second": round(state.images_seen / state.train_seconds, 1) if state.train_seconds else None,
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "blas_threads": threads.threads,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     })
     write_json(run_dir / "summary.json", summary)
     return summary

@@ -144,8 +144,11 @@ def train_step(model, loss, optimizer, x_u8, y, transform, lr: float, chunk_size
 
 def fit(model, loss, optimizer, schedule, loader, val, epochs: int, callbacks=(), state: TrainState | None = None,
         eval_batch_size: int = 1000, penalty=None, momentum=None, chunk_size: int | None = None,
-        grad_clip_norm: float | None = None, stop_requested=lambda: None) -> TrainState:
+        grad_clip_norm: float | None = None, stop_requested=lambda: None, until_epoch: int | None = None) -> TrainState:
     """Train from `state` (default: the start, else where it stopped, even mid-epoch) to `epochs`.
+
+    until_epoch pauses after that epoch: the schedule still spans `epochs`, so resuming later
+    continues exactly as if training had never paused (successive halving builds on this).
 
     val is (x_u8, y) or None; schedule(step) gives each step's lr and momentum(step) (optional)
     sets optimizer.mu. stop_requested() returning a signal number ends training after the
@@ -159,7 +162,8 @@ def fit(model, loss, optimizer, schedule, loader, val, epochs: int, callbacks=()
     chunk_size = chunk_size or loader.batch_size
     for cb in callbacks:
         cb.on_train_begin(state, steps)
-    while state.epoch < epochs and not state.stopped_early:
+    stop = epochs if until_epoch is None else min(epochs, until_epoch)
+    while state.epoch < stop and not state.stopped_early:
         epoch = state.epoch
         first = state.step - epoch * steps  # batches of this epoch already done (resuming mid-epoch)
         if first == 0:

@@ -15,24 +15,37 @@ from cnntrain.compare import ewma, load_runs
 from cnntrain.train import EPOCH_COLUMNS
 
 
-def make_run(root, name, epochs, optimizer, lr, summary=True):
+def make_run(root, name, epochs, optimizer, lr, summary=True, seed=0, val_acc=None, monitor=None, best=None,
+             test_accuracy=0.9, seconds=2.0):
+    """A run directory: config.yaml, metrics.csv and (with `summary`) a completed summary.json.
+
+    val_acc: per-epoch values (default: rising 0.04 an epoch, then 0.1 lower in the last one). monitor and
+    best=(value, epoch) go into config.yaml and summary.json as training writes them.
+    """
     run = root / name
     run.mkdir(parents=True)
-    config = {"name": "exp", "seed": 0, "optimizer": {"name": optimizer, "lr": lr, "weight_decay": 0.0},
+    config = {"name": "exp", "seed": seed, "optimizer": {"name": optimizer, "lr": lr, "weight_decay": 0.0},
               "train": {"epochs": epochs, "batch_size": 64}}
     if optimizer == "adam":
         config["optimizer"]["betas"] = [0.9, 0.999]
+    if monitor is not None:
+        config["train"]["monitor"] = monitor
     (run / "config.yaml").write_text(yaml.safe_dump(config))
+    if val_acc is None:
+        val_acc = [0.5 + 0.04 * e - (0.1 if e == epochs else 0) for e in range(1, epochs + 1)]
     with open(run / "metrics.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=EPOCH_COLUMNS)
         w.writeheader()
         for e in range(1, epochs + 1):
             w.writerow({"epoch": e, "step": 10 * e, "train_loss": 1 / e, "train_acc": 0.5 + 0.05 * e,
-                        "val_loss": 1.2 / e, "val_acc": 0.5 + 0.04 * e - (0.1 if e == epochs else 0), "lr": lr,
-                        "seconds": 2.0, "reg_loss": 0})
+                        "val_loss": 1.2 / e, "val_acc": val_acc[e - 1], "lr": lr, "seconds": seconds, "reg_loss": 0})
     if summary:
-        (run / "summary.json").write_text(json.dumps({"test_accuracy": 0.9, "images_per_second": 1000.0,
-                                                      "status": "completed"}))
+        s = {"images_per_second": 1000.0, "status": "completed"}
+        if test_accuracy is not None:
+            s["test_accuracy"] = test_accuracy
+        if best is not None:
+            s.update(monitor=monitor or "val_acc", best_monitor_value=best[0], best_epoch=best[1])
+        (run / "summary.json").write_text(json.dumps(s))
     return run
 
 

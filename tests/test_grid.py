@@ -9,17 +9,20 @@ from click.testing import CliRunner
 
 from cnntrain.cli import cli
 from cnntrain.errors import ConfigError
-from cnntrain.grid import expand, parse_grid
+from cnntrain.grid import parse_grid
+from cnntrain.sweep.spec import SweepSpec, expand_trials
 
 
 def test_grid_expansion_is_the_cartesian_product_in_order():
     assert parse_grid("optimizer.lr=0.1,1e-2") == ("optimizer.lr", [0.1, 0.01])
     assert parse_grid("model.input_shape=[[1, 28, 28], [1, 28, 28]]")[1] == [[1, 28, 28], [1, 28, 28]]
-    combos = expand(["optimizer.name=sgd,adam", "optimizer.lr=0.1,0.01", "seed=0"])
-    assert combos == [["optimizer.name=sgd", "optimizer.lr=0.1", "seed=0"],
-                      ["optimizer.name=sgd", "optimizer.lr=0.01", "seed=0"],
-                      ["optimizer.name=adam", "optimizer.lr=0.1", "seed=0"],
-                      ["optimizer.name=adam", "optimizer.lr=0.01", "seed=0"]]
+    axes = dict(parse_grid(g) for g in ["optimizer.name=sgd,adam", "optimizer.lr=0.1,0.01"])
+    spec = SweepSpec(grid=axes, sample={}, trials=1, seeds=None, metric=None, mode=None, halving=None)
+    assert [t.overrides for t in expand_trials(spec, default_seed=3)] == [
+        ["optimizer.name=sgd", "optimizer.lr=0.1", "seed=3"],
+        ["optimizer.name=sgd", "optimizer.lr=0.01", "seed=3"],
+        ["optimizer.name=adam", "optimizer.lr=0.1", "seed=3"],
+        ["optimizer.name=adam", "optimizer.lr=0.01", "seed=3"]]
     with pytest.raises(ConfigError, match="expected KEY.PATH=V1,V2"):
         parse_grid("optimizer.lr")
 

@@ -1,0 +1,1 @@
+"""Many runs of one experiment file: the `sweep:` section (spec.py) and `cnntrain sweep`."""

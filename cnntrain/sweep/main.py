@@ -89,7 +89,8 @@ def table_lines(sweep_rows: list[dict], metric: str) -> list[str]:
         lines.append([str(i), *(_cell(row["params"].get(k)) for k in keys), value, str(row["n"]),
                       str(row["epochs"]), row["status"]])
     widths = [max(len(h), *(len(line[c]) for line in lines)) for c, h in enumerate(header)] if lines else []
-    fmt = lambda cells: "  ".join(c.rjust(w) if i == 0 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    fmt = lambda cells: "  ".join(  # noqa: E731
+        c.rjust(w) if i == 0 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
     return [fmt(header)] + [fmt(line) for line in lines]
 
 

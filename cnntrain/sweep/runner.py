@@ -68,8 +68,8 @@ def run_planned(group: Path, executor, echo=print) -> dict:
 
     group = Path(group)
     sweep = load_sweep(group)
-    if sweep["status"] == "completed":
-        raise ConfigError(f"{group}: the sweep has already completed")
+    if sweep["status"] == "completed":  # nothing to train: the results are made again
+        return sweep
     sweep["status"] = "running"
     write_json(group / SWEEP_FILE, sweep)
     trials = {t["key"]: t for t in sweep["trials"]}

@@ -15,7 +15,8 @@ import click
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Trials at once (local: processes sharing the cores; ray: at most this many, default all that fit).")
 @click.option("--cpus-per-trial", type=click.IntRange(min=1), metavar="K",
-              help="CPUs (and BLAS threads) per trial (local default: cores // jobs; ray default: 1).")
+              help="CPUs (and BLAS threads) per trial (local default: cores // running trials, "
+                   "rechecked every epoch; ray default: 1).")
 @click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False),
               help="Where the sweep's group folder is created.")
 @click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False), metavar="GROUP_DIR",

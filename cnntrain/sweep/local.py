@@ -22,24 +22,31 @@ def _die_with_parent() -> None:
 
 
 class LocalExecutor:
-    """Runs `jobs` trial processes at once, each with cores // jobs BLAS threads (unless the user set them).
+    """Runs `jobs` trial processes at once, sharing the cores.
 
-    Each trial is its own process group, so Ctrl-C reaches the driver alone, which then asks
-    every trial once (SIGTERM) to checkpoint and stop.
+    By default each trial's thread policy (cnntrain.threads) gives it cores // live training
+    runs BLAS threads, rechecked every epoch: two trials get one each, and the last one left
+    running gets both. threads_per_trial (--cpus-per-trial) or the user's own OMP_NUM_THREADS /
+    OPENBLAS_NUM_THREADS / MKL_NUM_THREADS fix the count instead. Each trial is its own process
+    group, so Ctrl-C reaches the driver alone, which then asks every trial once (SIGTERM) to
+    checkpoint and stop.
     """
 
     name = "local"
 
     def __init__(self, jobs: int = 1, threads_per_trial: int | None = None):
         self.slots = jobs
-        self.threads = threads_per_trial or max(1, cores() // jobs)
         self.env = dict(os.environ)
-        if explicit_env() is None:
-            self.env.update({name: str(self.threads) for name in THREAD_VARIABLES})
+        self.threads = threads_per_trial
+        if threads_per_trial is not None and explicit_env() is None:
+            self.env.update({name: str(threads_per_trial) for name in THREAD_VARIABLES})
         self.running: dict[str, tuple[subprocess.Popen, TrialTask, float]] = {}
 
     def describe(self) -> str:
-        return f"local executor: {self.slots} trial(s) at a time, {self.threads} BLAS thread(s) each"
+        threads = (f"{self.threads} BLAS thread(s) each" if self.threads and explicit_env() is None else
+                   f"BLAS threads as {explicit_env()} says" if explicit_env() else
+                   f"the {cores()} cores' BLAS threads shared among the running trials")
+        return f"local executor: {self.slots} trial(s) at a time, {threads}"
 
     def start(self, task: TrialTask) -> None:
         prepare(task)

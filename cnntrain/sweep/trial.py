@@ -90,6 +90,7 @@ def run(run_dir: Path, until_epoch: int, resume: bool) -> TrialResult:
             status, error = "failed", str(exc)
         if error:
             echo(f"error: {error}")
+    (run_dir / TASK_CONFIG).unlink(missing_ok=True)  # the run's own config.yaml holds it now
     return TrialResult(run_dir.name, status, error, socket.gethostname(), round(time.time() - start, 3))
 
 

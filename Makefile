@@ -8,8 +8,8 @@ CONFIG ?= configs/mnist_adam.yaml
 install:
 	$(PIP) install -e .
 
-install-test:
-	$(PIP) install -e '.[test]'
+install-test:  # with every extra the tests use: a real Ray cluster, onnxruntime, event files
+	$(PIP) install -e '.[test,ray,onnx,tensorboard]'
 
 run: install
 	cnntrain run $(CONFIG)

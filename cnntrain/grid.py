@@ -36,7 +36,8 @@ def run_grid(config, overrides, grids, runs_dir, jobs: int = 1, echo=print) -> P
         raise ConfigError(f"--grid {repeated[0]}: given twice; list all its values in one --grid")
     spec = SweepSpec(grid=dict(axes), sample={}, trials=1, seeds=None, metric=None,
                      mode=None, halving=None)
-    group, rows = run_sweep(config, overrides, LocalExecutor(jobs), runs_dir, spec=spec, kind="grid", echo=echo)
+    group, rows = run_sweep(config, overrides, lambda: LocalExecutor(jobs), runs_dir, spec=spec, kind="grid",
+                            echo=echo)
     failed = [row for row in rows if row["status"] in ("failed", "diverged")]
     if failed:
         raise RunError(f"{len(failed)} of {len(rows)} grid runs failed; the others are in {group} (see sweep.json)")

@@ -12,8 +12,8 @@ import click
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="Where trials run: processes on this machine, or tasks on a Ray cluster.")
 @click.option("--address", metavar="auto|HOST:PORT", help="Ray: join this running cluster (default: start a local Ray).")
-@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Trials at once (local: processes sharing the cores; ray: at most this many, default all that fit).")
+@click.option("--jobs", type=click.IntRange(min=1),
+              help="Trials at once (local: processes sharing the cores, default 1; ray: default all the cluster holds).")
 @click.option("--cpus-per-trial", type=click.IntRange(min=1), metavar="K",
               help="CPUs (and BLAS threads) per trial (local default: cores // running trials, "
                    "rechecked every epoch; ray default: 1).")
@@ -32,15 +32,19 @@ def sweep(config, overrides, executor, address, jobs, cpus_per_trial, runs_dir, 
     from .main import make_executor, resume_sweep, run_sweep, table_lines
 
     echo = lambda line: click.echo(line, err=True)  # noqa: E731
+    make = lambda: make_executor(executor, jobs, cpus_per_trial, address)  # noqa: E731
+    if address is not None and executor != "ray":
+        from ..errors import ConfigError
+
+        raise ConfigError("--address is for --executor ray")
     if resume_dir is not None:
         if config is not None or overrides:
             raise click.UsageError("--resume GROUP_DIR takes no CONFIG or --set")
-        group, rows = resume_sweep(resume_dir, make_executor(executor, jobs, cpus_per_trial, address), echo=echo)
+        group, rows = resume_sweep(resume_dir, make, echo=echo)
     elif config is None:
         raise click.UsageError("missing CONFIG (or --resume GROUP_DIR)")
     else:
-        group, rows = run_sweep(config, overrides, make_executor(executor, jobs, cpus_per_trial, address), runs_dir,
-                                echo=echo)
+        group, rows = run_sweep(config, overrides, make, runs_dir, echo=echo)
     from .runner import load_sweep
 
     for line in table_lines(rows, load_sweep(group)["metric"]):

@@ -65,7 +65,7 @@ class LocalExecutor:
             time.sleep(0.1)
 
     @staticmethod
-    def _result(proc: subprocess.Popen, task: TrialTask, started: float) -> TrialResult:
+    def _result(proc: subprocess.Popen, task: TrialTask, started: float, stopped: bool = False) -> TrialResult:
         lines = proc.stdout.read().strip().splitlines()
         proc.stdout.close()
         if proc.returncode == 0 and lines:
@@ -75,7 +75,7 @@ class LocalExecutor:
         except (OSError, IndexError):
             tail = ""
         how = f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exit {proc.returncode}"
-        return TrialResult(task.key, "failed", f"trial process {how}{': ' + tail if tail else ''}", os.uname().nodename,
+        return TrialResult(task.key, "interrupted" if stopped else "failed",  # stopped before it could checkpoint f"trial process {how}{': ' + tail if tail else ''}", os.uname().nodename,
                            round(time.time() - started, 3))
 
     def shutdown(self) -> list[TrialResult]:
@@ -89,6 +89,6 @@ class LocalExecutor:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-            results.append(self._result(proc, task, started))
+            results.append(self._result(proc, task, started, stopped=True))
         self.running.clear()
         return results

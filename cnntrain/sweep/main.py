@@ -12,26 +12,32 @@ from .runner import SWEEP_FILE, aggregate, load_sweep, plan_sweep, run_planned
 EXECUTORS = ("local", "ray")
 
 
-def make_executor(name: str, jobs: int = 1, cpus_per_trial: int | None = None, address: str | None = None):
-    """The executor trials run on; Ray is imported only here, only when asked for."""
+def make_executor(name: str, jobs: int | None = None, cpus_per_trial: int | None = None, address: str | None = None):
+    """The executor trials run on; Ray is imported only here, only when asked for.
+
+    jobs: trials at once (local default 1; ray default: as many as the cluster's CPUs hold).
+    """
     if name == "local":
         if address is not None:
             raise ConfigError("--address is for --executor ray")
         from .local import LocalExecutor
 
-        return LocalExecutor(jobs, cpus_per_trial)
+        return LocalExecutor(jobs or 1, cpus_per_trial)
     if name == "ray":
         from .ray_executor import RayExecutor
 
-        return RayExecutor(address=address, cpus_per_trial=cpus_per_trial or 1, max_running=jobs if jobs > 1 else None)
+        return RayExecutor(address=address, cpus_per_trial=cpus_per_trial or 1, max_running=jobs)
     raise ConfigError(f"--executor {name}: expected one of {', '.join(EXECUTORS)}")
 
 
-def run_sweep(config, overrides=(), executor=None, runs_dir="runs", spec=None, kind="sweep", echo=print):
-    """Plan and run a sweep of CONFIG into runs_dir/<name>-<kind>-<timestamp>/; returns (group, table rows)."""
+def run_sweep(config, overrides=(), executor=make_executor, runs_dir="runs", spec=None, kind="sweep", echo=print):
+    """Plan and run a sweep of CONFIG into runs_dir/<name>-<kind>-<timestamp>/; returns (group, table rows).
+
+    executor: a function making the executor, called once every trial's experiment has been checked
+    (so a typo fails before a Ray cluster is joined).
+    """
     from .spec import describe
 
-    executor = executor or make_executor("local")
     group = plan_sweep(config, overrides, spec, kind, runs_dir)
     sweep = load_sweep(group)
     echo(f"{kind} of {len(sweep['trials'])} trial(s) in {group}")
@@ -40,16 +46,25 @@ def run_sweep(config, overrides=(), executor=None, runs_dir="runs", spec=None, k
 
         for line in describe(spec or parse_sweep(sweep["sweep"], str(config)), sweep["epochs"]):
             echo(line)
-    return group, _finish(group, run_planned(group, executor, echo), echo)
+    return group, _run(group, executor, echo)
 
 
-def resume_sweep(group, executor=None, echo=print):
+def resume_sweep(group, executor=make_executor, echo=print):
     """Continue an interrupted sweep: finished trials stay, interrupted ones resume, the rest start."""
     group = Path(group)
     sweep = load_sweep(group)
     left = sum(t["status"] not in ("completed", "failed", "diverged", "halted") for t in sweep["trials"])
     echo(f"resuming {group}: {left} of {len(sweep['trials'])} trial(s) left")
-    return group, _finish(group, run_planned(group, executor or make_executor("local"), echo), echo)
+    return group, _run(group, executor, echo)
+
+
+def _run(group: Path, make, echo) -> list[dict]:
+    executor = make()
+    try:
+        sweep = run_planned(group, executor, echo)
+    finally:
+        executor.shutdown()  # nothing left running; a Ray the executor started is stopped
+    return _finish(group, sweep, echo)
 
 
 def _finish(group: Path, sweep: dict, echo) -> list[dict]:

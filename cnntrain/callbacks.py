@@ -17,9 +17,9 @@ from .train import EPOCH_COLUMNS, STEP_COLUMNS, Callback, TrainState
 class CSVLogger(Callback):
     """Appends one row per epoch to metrics.csv and one per step to steps.csv, flushed as written."""
 
-    def __init__(self, run_dir: Path, step_columns=STEP_COLUMNS):
+    def __init__(self, run_dir: Path, step_columns=STEP_COLUMNS, epoch_columns=EPOCH_COLUMNS):
         self.steps = CsvAppender(run_dir / "steps.csv", step_columns)
-        self.epochs = CsvAppender(run_dir / "metrics.csv", EPOCH_COLUMNS)
+        self.epochs = CsvAppender(run_dir / "metrics.csv", epoch_columns)
 
     def on_step_end(self, state, logs):
         self.steps.append(logs)
@@ -91,7 +91,8 @@ class EarlyStopping(Callback):
 
 
 class Checkpointer(Callback):
-    """checkpoints/last.npz every epoch (and every `every` steps, and on interrupt); best.npz when the monitor improves.
+    """checkpoints/last.npz every epoch (and every `every` steps, and on interrupt); best.npz when the monitor improves;
+    init.npz, the weights training starts from, once when a new run begins (`cnntrain landscape` reads it).
 
     Runs after the loggers (order 10), so every row a checkpoint covers is already written.
     """
@@ -113,6 +114,10 @@ class Checkpointer(Callback):
         save_checkpoint(self.dir / name, self.config_text, meta,
                         {**self.model.state_dict(), **self.optimizer.state_dict()})
 
+    def on_train_begin(self, state, steps_per_epoch):
+        if state.step == 0:  # a new run; a resumed one keeps the init.npz it began with
+            self.save("init.npz", state)
+
     def on_step_end(self, state, logs):
         if self.every and state.step % self.every == 0:
             self.save("last.npz", state)
@@ -131,7 +136,7 @@ class Checkpointer(Callback):
 
 
 class PlotCallback(Callback):
-    """Redraws loss.png, accuracy.png and lr.png so a long run can be watched: after an epoch when
+    """Redraws loss.png, accuracy.png and lr.png (and sharpness.png) so a long run can be watched: after an epoch when
     `every` seconds have passed since the last drawing, and when training ends or stops."""
 
     order = 20  # after the checkpoint, so a slow drawing never delays it
@@ -140,11 +145,13 @@ class PlotCallback(Callback):
         self.run_dir, self.every, self.last = run_dir, every, -math.inf
 
     def draw(self, state=None):
+        from .insight.plots import plot_sharpness
         from .plots import plot_grad_norms, plot_run
 
         plot_run(self.run_dir)
         if (self.run_dir / "grad_norms.csv").exists():
             plot_grad_norms(self.run_dir)
+        plot_sharpness(self.run_dir)  # sharpness.png, when train.track_sharpness logs the column
         self.last = time.monotonic()
 
     def on_epoch_end(self, state, logs):

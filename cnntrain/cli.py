@@ -44,7 +44,8 @@ def cli():
               help="Train every combination of these values (repeatable) into one group directory, then compare.")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Grid runs trained at once, in separate processes sharing the cores.")
-def run(config, overrides, name, runs_dir, print_config, resume_dir, grids, jobs):
+@click.option("--tensorboard", is_flag=True, help="Also write TensorBoard event files (--set train.tensorboard=true).")
+def run(config, overrides, name, runs_dir, print_config, resume_dir, grids, jobs, tensorboard):
     """Train the network described by the experiment file CONFIG.
 
     Ctrl-C or SIGTERM finishes the current step, saves a checkpoint and exits
@@ -52,8 +53,8 @@ def run(config, overrides, name, runs_dir, print_config, resume_dir, grids, jobs
     """
     echo = lambda line: click.echo(line, err=True)  # noqa: E731
     if resume_dir is not None:
-        if config is not None or name is not None or print_config:
-            raise click.UsageError("--resume RUN_DIR takes no CONFIG, --name or --print-config")
+        if config is not None or name is not None or print_config or tensorboard:
+            raise click.UsageError("--resume RUN_DIR takes no CONFIG, --name, --print-config or --tensorboard")
         epochs = None
         for assignment in overrides:
             key, _, value = assignment.partition("=")
@@ -66,6 +67,7 @@ def run(config, overrides, name, runs_dir, print_config, resume_dir, grids, jobs
         return
     if config is None:
         raise click.UsageError("missing CONFIG (or --resume RUN_DIR)")
+    overrides += ("train.tensorboard=true",) if tensorboard else ()
     if grids:
         if name is not None or print_config:
             raise click.UsageError("--grid takes no --name or --print-config")
@@ -336,8 +338,14 @@ def predict(checkpoint, images, top_k, as_json):
 
 
 from .sweep.command import sweep  # noqa: E402  (its module holds the command: cli.py stays one screenful per command)
+from .export.command import export  # noqa: E402
+from .insight.commands import hessian, landscape, lr_find  # noqa: E402
 
 cli.add_command(sweep)
+cli.add_command(hessian)
+cli.add_command(export)
+cli.add_command(lr_find)
+cli.add_command(landscape)
 
 
 def main():

@@ -59,13 +59,18 @@ class ModelConfig:
     l2: float = 0.0                             # L2 penalty (l2/2)*||W||^2 on every weight W (not biases or batchnorm); a layer's own `l2:` overrides
 
 
-
-
 @dataclass
 class EarlyStoppingConfig:
     monitor: Optional[str] = None  # metric to watch: val_acc, val_loss, train_acc, train_loss; default: train.monitor
     patience: int = 5              # epochs without improvement before training stops
     min_delta: float = 0.0         # an improvement smaller than this does not count
+
+
+@dataclass
+class SharpnessConfig:
+    every: int = 1                 # measure after every E-th epoch (the column is empty in the other rows)
+    batch: int = 1000              # training images the Hessian is taken on, drawn once with the seed (all if fewer)
+    iters: int = 20                # Lanczos steps, each one Hessian-vector product (two gradient passes)
 
 
 FULL_BATCH_CHUNK = 1000  # images per pass when batch_size is `full` and chunk_size is not given
@@ -83,8 +88,10 @@ class TrainConfig:
     checkpoint_every: Optional[int] = None    # also save checkpoints/last.npz every N steps (it is saved every epoch anyway)
     grad_clip_norm: Optional[float] = None    # rescale the gradient when its global L2 norm exceeds this
     log_grad_norms: bool = False   # log each layer's gradient norm and update/weight ratio per step (grad_norms.csv/.png)
+    tensorboard: bool = False      # also write TensorBoard event files to RUN_DIR/tensorboard (pip install 'cnntrain[tensorboard]')
     threads: Optional[int] = None  # BLAS threads; default: cores / live cnntrain training processes, unless OMP_NUM_THREADS etc. is set
     early_stopping: Optional[EarlyStoppingConfig] = None  # e.g. {monitor: val_loss, patience: 3, min_delta: 0.001}
+    track_sharpness: Optional[SharpnessConfig] = None     # log the top Hessian eigenvalue, e.g. {every: 1, batch: 1000, iters: 20}
 
 
 @dataclass
@@ -249,10 +256,12 @@ def _validate(cfg: Config) -> Config:
     base = cfg.optimizer.base_batch_size
     if cfg.optimizer.lr_scaling == "linear" and (isinstance(base, bool) or not isinstance(base, int) or base < 1):
         raise ConfigError(f"optimizer.base_batch_size: lr_scaling: linear needs an integer >= 1, got {base!r}")
-    for key in ("epochs", "batch_size", "eval_batch_size", "chunk_size", "checkpoint_every", "threads"):
-        value = getattr(cfg.train, key)
+    sharp = cfg.train.track_sharpness
+    for key, value in ([(k, getattr(cfg.train, k)) for k in ("epochs", "batch_size", "eval_batch_size", "chunk_size",
+                                                              "checkpoint_every", "threads")]
+                       + [(f"track_sharpness.{k}", getattr(sharp, k)) for k in ("every", "batch", "iters") if sharp]):
         if isinstance(value, int) and value < 1:
-            raise ConfigError(f"train.{key}: must be >= 1, got {getattr(cfg.train, key)}")
+            raise ConfigError(f"train.{key}: must be >= 1, got {value}")
     for where, metric in (("train.monitor", cfg.train.monitor),
                           ("train.early_stopping.monitor", cfg.train.early_stopping and cfg.train.early_stopping.monitor)):
         if metric is not None and metric not in MONITORS:

@@ -150,6 +150,9 @@ def compare_figure(runs, panels, x: str, smooth: float | None, logy: bool, group
                 else "loss" if all(m.endswith("loss") for m in metrics) else " / ".join(metrics))
         ax.set(title=title + (" (solid train, dashed validation)" if len(metrics) > 1 else ""),
                xlabel=AXIS_LABELS[x], ylabel=kind)
+        if "sharpness" in metrics:  # its points (measured every E epochs) and each run's 2/lr
+            from .insight.plots import mark_sharpness
+            mark_sharpness(ax, groups or [Group(r.label, [r]) for r in runs], x)
         if logy and not all(m.endswith("acc") for m in metrics):
             ax.set_yscale("log")
         if x == "epoch":

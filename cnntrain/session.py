@@ -22,8 +22,9 @@ from .memory import keep_freed_memory
 from .monitor import Monitor
 from .runs import (atomic_write_text, json_number, load_checkpoint, make_run_dir, split_state, truncate_csv,
                    write_json)
+from .tensorboard import TensorBoardLogger, require_tensorboard
 from .threads import TrainingProcesses
-from .train import STEP_COLUMNS, Diverged, Interrupted, TrainState, evaluate, fit
+from .train import EPOCH_COLUMNS, STEP_COLUMNS, Diverged, Interrupted, TrainState, evaluate, fit
 
 
 def versions() -> dict:
@@ -67,6 +68,8 @@ def train_from_config(exp: Experiment, runs_dir="runs", echo=print, progress=Non
 
 def _train_new(exp: Experiment, runs_dir, echo, progress, processes, run_dir, until_epoch) -> dict:
     cfg = exp.cfg
+    if cfg.train.tensorboard:
+        require_tensorboard()
     splits = load_splits(cfg, log=echo)
     setup = build_setup(exp, splits)
     run_dir = make_run_dir(runs_dir, cfg.name) if run_dir is None else _empty_run_dir(Path(run_dir))
@@ -101,6 +104,8 @@ def _resume(run_dir: Path, epochs, echo, progress, processes, until_epoch) -> di
         raise ConfigError(f"{run_dir}: not a run directory (cannot read config.yaml: {exc.strerror or exc})") from None
     exp = experiment_from_text(text, str(path))
     cfg = exp.cfg
+    if cfg.train.tensorboard:
+        require_tensorboard()
     if epochs is not None:
         cfg.train.epochs = epochs
     checkpoint = run_dir / "checkpoints" / "last.npz"
@@ -157,13 +162,20 @@ def _train(exp: Experiment, run_dir: Path, setup: Setup, state: TrainState, echo
                "monitor": monitor.name, "monitor_mode": monitor.mode, "monitor_requested": monitor.metric}
     write_json(run_dir / "summary.json", summary)
     step_columns = STEP_COLUMNS + (["momentum"] if setup.momentum else [])
+    sharpness = cfg.train.track_sharpness
+    epoch_columns = EPOCH_COLUMNS + (["sharpness"] if sharpness else [])
     threads = ThreadPolicy(processes, cfg.train.threads, echo)
-    callbacks = [ProgressBar(cfg.train.epochs, bar=progress), CSVLogger(run_dir, step_columns),
+    callbacks = [ProgressBar(cfg.train.epochs, bar=progress), CSVLogger(run_dir, step_columns, epoch_columns),
                  Checkpointer(run_dir, cfg.to_yaml(), model, setup.optimizer, splits.classes,
                               loader.preprocess.state(), monitor, cfg.train.checkpoint_every),
                  PlotCallback(run_dir), threads]
-    if cfg.train.log_grad_norms:
-        callbacks.append(GradNormLogger(run_dir))
+    grad_norms = GradNormLogger(run_dir) if cfg.train.log_grad_norms else None
+    tensorboard = TensorBoardLogger(run_dir, cfg.to_dict(), grad_norms) if cfg.train.tensorboard else None
+    callbacks += [cb for cb in (grad_norms, tensorboard) if cb is not None]
+    if sharpness is not None:
+        from .insight.sharpness import SharpnessTracker
+
+        callbacks.append(SharpnessTracker(sharpness, model, loss, setup.penalty, splits.train, loader.preprocess, cfg.seed))
     es = cfg.train.early_stopping
     if es is not None:
         callbacks.append(EarlyStopping(Monitor(es.monitor or cfg.train.monitor, has_val, es.min_delta), es.patience))
@@ -210,4 +222,6 @@ def _train(exp: Experiment, run_dir: Path, setup: Setup, state: TrainState, echo
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     })
     write_json(run_dir / "summary.json", summary)
+    if tensorboard is not None:
+        tensorboard.finish(summary)
     return summary

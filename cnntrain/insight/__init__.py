@@ -1,0 +1,1 @@
+"""Understanding a network and its training: the loss landscape, its curvature, the learning-rate range test."""

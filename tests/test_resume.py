@@ -153,8 +153,13 @@ def test_sigkill_at_random_moments_never_breaks_last_npz(tmp_path):
                     p.unlink() if p.is_file() else p.rmdir()
                 run_dir.rmdir()
             args = ["run", cfg, "--runs-dir", runs]
+        steps = lambda: sum(1 for _ in open(next(runs.glob("*/steps.csv")))) if any(runs.glob("*/steps.csv")) else 0  # noqa: E731
+        before = steps()
         proc = start(args, tmp_path)
-        time.sleep(rng.uniform(0.3, 2.0))
+        started = time.monotonic()  # the random instant counts from the first step, whatever start-up costs
+        while steps() <= before and proc.poll() is None and time.monotonic() < started + 60:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 1.5))
         if proc.poll() is None:
             proc.kill()
             kills += 1

@@ -342,7 +342,9 @@ def test_ctrl_c_brings_every_trial_back_at_a_checkpoint_and_the_sweep_resumes(cl
     (group,) = (tmp_path / "runs").iterdir()
     sweep = json.loads((group / "sweep.json").read_text())
     assert sweep["status"] == "interrupted"
-    assert all(t["status"] == "interrupted" for t in sweep["trials"]), sweep["trials"]
+    # every started trial came back interrupted (on a loaded machine the second may not have started yet)
+    assert all(t["status"] in ("interrupted", "pending") for t in sweep["trials"]), [
+        (t["key"], t["status"], t["epochs"], t["error"]) for t in sweep["trials"]]
     # a trial asked to stop after its first epoch: its folder came back with the checkpoint it saved then
     interrupted = [t for t in sweep["trials"] if t["epochs"] >= 1]
     assert interrupted, sweep["trials"]

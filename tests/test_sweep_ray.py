@@ -319,6 +319,7 @@ def test_a_node_that_dies_mid_trial_has_its_trial_rerun_elsewhere(cluster, tmp_p
 
 @pytest.mark.slow
 def test_ctrl_c_brings_every_trial_back_at_a_checkpoint_and_the_sweep_resumes(cluster, tmp_path, monkeypatch):
+    epochs = 20
     stopped, done = [], threading.Event()
 
     def ctrl_c_after_an_epoch():
@@ -329,7 +330,9 @@ def test_ctrl_c_brings_every_trial_back_at_a_checkpoint_and_the_sweep_resumes(cl
                 return
             time.sleep(0.05)
 
-    text = SWEEP.replace("epochs: 2", "epochs: 4").replace("limit_train: 300", "limit_train: 2000")  # ~1 s epochs
+    # 20 epochs of 0.2-1 s: the stop lands mid-training however fast the machine (with 4, an idle
+    # machine finished both trials before Ray's cancel reached them)
+    text = SWEEP.replace("epochs: 2", f"epochs: {epochs}").replace("limit_train: 300", "limit_train: 2000")
     ctrl_c = threading.Thread(target=ctrl_c_after_an_epoch, daemon=True)
     ctrl_c.start()
     try:
@@ -350,13 +353,13 @@ def test_ctrl_c_brings_every_trial_back_at_a_checkpoint_and_the_sweep_resumes(cl
     assert interrupted, sweep["trials"]
     for trial in interrupted:
         run_dir = group / trial["key"]
-        assert trial["error"].startswith("interrupted at epoch ") and trial["epochs"] < 4, trial
+        assert trial["error"].startswith("interrupted at epoch ") and trial["epochs"] < epochs, trial
         assert (run_dir / "checkpoints" / "last.npz").is_file()
         assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
     _, sweep, _ = _run_sweep(cluster, tmp_path, "", monkeypatch, group=group)
     assert sweep["status"] == "completed"
     for trial in sweep["trials"]:
         assert trial["status"] == "completed", trial
-        _assert_complete_run(group / trial["key"], 4)
+        _assert_complete_run(group / trial["key"], epochs)
     for trial in interrupted:
         assert (group / trial["key"] / "trial.log").read_text().count("resuming ") == 1

@@ -323,8 +323,11 @@ def test_ctrl_c_brings_every_trial_back_at_a_checkpoint_and_the_sweep_resumes(cl
     stopped, done = [], threading.Event()
 
     def ctrl_c_after_an_epoch():
+        start = time.monotonic()
         while not done.is_set():
-            if any((run_dir / "metrics.csv").is_file() for _, run_dir in _trial_processes(cluster.nodes)):
+            # a trial has finished an epoch, or 4 s have passed (scanning the nodes' processes may miss it)
+            if time.monotonic() > start + 4 or any(
+                    (run_dir / "metrics.csv").is_file() for _, run_dir in _trial_processes(cluster.nodes)):
                 os.kill(os.getpid(), signal.SIGINT)  # run_planned's handler: stop every trial at a checkpoint
                 stopped.append(True)
                 return

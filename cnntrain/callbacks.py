@@ -164,12 +164,13 @@ class PlotCallback(Callback):
 class ThreadPolicy(Callback):
     """BLAS threads (see threads.py): train.threads, an explicit OMP_NUM_THREADS-style variable, else
     max(1, cores // live cnntrain training processes), decided at every epoch and every `recheck`
-    seconds within one, so runs started together settle on a share each. The process's own count
+    seconds within one, so runs started together settle on a share each. A data parallel run's
+    `workers` processes split its share (threads holds each one's count). The process's own count
     comes back when training ends."""
 
-    def __init__(self, processes, requested: int | None, echo, recheck: float = 2.0):
-        self.processes, self.requested, self.echo, self.recheck = processes, requested, echo, recheck
-        self.threads = self.initial = None
+    def __init__(self, processes, requested: int | None, echo, recheck: float = 2.0, workers: int = 1):
+        self.processes, self.requested, self.echo, self.recheck, self.workers = processes, requested, echo, recheck, workers
+        self.threads = self.initial = self.budget = None
         self.checked = -math.inf
 
     def apply(self) -> None:
@@ -180,12 +181,16 @@ class ThreadPolicy(Callback):
         if self.initial is None:
             self.initial = current
         n, why = choose(self.requested, self.processes.count())
-        if n is not None and current is not None and n != current:
-            set_blas_threads(n)
-            if n < current:
-                self.echo(f"threads: {why}, so this run uses {n} BLAS thread{'s' if n > 1 else ''} instead of "
-                          f"{current} (set train.threads or OMP_NUM_THREADS to choose)")
-        self.threads = current if n is None else n
+        each = None if n is None else max(1, n // self.workers)
+        if each is not None and current is not None and each != current:
+            set_blas_threads(each)
+        if n is not None and self.initial is not None and n < (self.budget or self.initial):
+            uses = (f"{n} BLAS thread{'s' if n > 1 else ''}" if self.workers == 1 else
+                    f"{each} BLAS thread{'s' if each > 1 else ''} in each of its {self.workers} processes")
+            self.echo(f"threads: {why}, so this run uses {uses} instead of {self.budget or self.initial} "
+                      "(set train.threads or OMP_NUM_THREADS to choose)")
+        self.budget = n
+        self.threads = current if each is None else each
 
     def on_epoch_begin(self, state):
         self.apply()

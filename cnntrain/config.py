@@ -90,6 +90,7 @@ class TrainConfig:
     log_grad_norms: bool = False   # log each layer's gradient norm and update/weight ratio per step (grad_norms.csv/.png)
     tensorboard: bool = False      # also write TensorBoard event files to RUN_DIR/tensorboard (pip install 'cnntrain[tensorboard]')
     threads: Optional[int] = None  # BLAS threads; default: cores / live cnntrain training processes, unless OMP_NUM_THREADS etc. is set
+    workers: Union[int, Literal["auto"]] = "auto"  # processes that share each batch (data parallel); auto: one per BLAS thread when steps are big enough
     early_stopping: Optional[EarlyStoppingConfig] = None  # e.g. {monitor: val_loss, patience: 3, min_delta: 0.001}
     track_sharpness: Optional[SharpnessConfig] = None     # log the top Hessian eigenvalue, e.g. {every: 1, batch: 1000, iters: 20}
 
@@ -258,7 +259,7 @@ def _validate(cfg: Config) -> Config:
         raise ConfigError(f"optimizer.base_batch_size: lr_scaling: linear needs an integer >= 1, got {base!r}")
     sharp = cfg.train.track_sharpness
     for key, value in ([(k, getattr(cfg.train, k)) for k in ("epochs", "batch_size", "eval_batch_size", "chunk_size",
-                                                              "checkpoint_every", "threads")]
+                                                              "checkpoint_every", "threads", "workers")]
                        + [(f"track_sharpness.{k}", getattr(sharp, k)) for k in ("every", "batch", "iters") if sharp]):
         if isinstance(value, int) and value < 1:
             raise ConfigError(f"train.{key}: must be >= 1, got {value}")

@@ -20,11 +20,12 @@ from .data.splits import load_splits
 from .errors import ConfigError, RunError, RunInterrupted
 from .memory import keep_freed_memory
 from .monitor import Monitor
+from .parallel import DataParallel, choose_workers
 from .runs import (atomic_write_text, json_number, load_checkpoint, make_run_dir, split_state, truncate_csv,
                    write_json)
 from .tensorboard import TensorBoardLogger, require_tensorboard
 from .threads import TrainingProcesses
-from .train import EPOCH_COLUMNS, STEP_COLUMNS, Diverged, Interrupted, TrainState, evaluate, fit
+from .train import EPOCH_COLUMNS, STEP_COLUMNS, Diverged, Interrupted, TrainState, batch_gradients, evaluate, fit
 
 
 def versions() -> dict:
@@ -164,7 +165,10 @@ def _train(exp: Experiment, run_dir: Path, setup: Setup, state: TrainState, echo
     step_columns = STEP_COLUMNS + (["momentum"] if setup.momentum else [])
     sharpness = cfg.train.track_sharpness
     epoch_columns = EPOCH_COLUMNS + (["sharpness"] if sharpness else [])
-    threads = ThreadPolicy(processes, cfg.train.threads, echo)
+    macs = sum(layer.macs() for layer in model.layers)
+    workers = choose_workers(cfg.train.workers, cfg.train.threads, processes.count(), macs, loader.batch_size,
+                             setup.chunk_size)
+    threads = ThreadPolicy(processes, cfg.train.threads, echo, workers=workers)
     callbacks = [ProgressBar(cfg.train.epochs, bar=progress), CSVLogger(run_dir, step_columns, epoch_columns),
                  Checkpointer(run_dir, cfg.to_yaml(), model, setup.optimizer, splits.classes,
                               loader.preprocess.state(), monitor, cfg.train.checkpoint_every),
@@ -180,13 +184,17 @@ def _train(exp: Experiment, run_dir: Path, setup: Setup, state: TrainState, echo
     if es is not None:
         callbacks.append(EarlyStopping(Monitor(es.monitor or cfg.train.monitor, has_val, es.min_delta), es.patience))
     keep_freed_memory()
+    gradients = batch_gradients
+    if workers > 1:
+        gradients = DataParallel(model, loss, workers, loader.batch_size, lambda: threads.threads or 1)
+        echo(f"data parallel: {workers} processes share each batch (train.workers: {cfg.train.workers})")
     try:
         with stop_on_signals() as stop_requested:
             state = fit(model, loss, setup.optimizer, setup.schedule, loader, splits.val, cfg.train.epochs, callbacks,
                         state, eval_batch_size=cfg.train.eval_batch_size, penalty=setup.penalty,
                         momentum=setup.momentum, chunk_size=setup.chunk_size,
                         grad_clip_norm=cfg.train.grad_clip_norm, stop_requested=stop_requested,
-                        until_epoch=until_epoch)
+                        until_epoch=until_epoch, gradients=gradients)
     except Interrupted as exc:
         write_json(run_dir / "summary.json", {**summary, "status": "interrupted"})
         raise RunInterrupted(f"interrupted at epoch {state.epoch + 1}, step {state.step}; checkpoint saved; "
@@ -197,10 +205,14 @@ def _train(exp: Experiment, run_dir: Path, setup: Setup, state: TrainState, echo
     except BaseException:
         write_json(run_dir / "summary.json", {**summary, "status": "failed"})
         raise
+    finally:
+        if workers > 1:
+            gradients.close()
 
     progress_fields = {"epochs": state.epoch, "steps": state.step, "stopped_early": state.stopped_early,
                        "best_monitor_value": json_number(state.best_value), "best_epoch": state.best_epoch,
-                       "train_seconds": round(state.train_seconds, 3), "blas_threads": threads.threads}
+                       "train_seconds": round(state.train_seconds, 3), "blas_threads": threads.threads,
+                       "workers": workers}
     if state.epoch < cfg.train.epochs and not state.stopped_early:  # paused by until_epoch
         summary.update(status="paused", **progress_fields)
         write_json(run_dir / "summary.json", summary)

@@ -97,17 +97,15 @@ def global_norm(grads: dict[str, np.ndarray]) -> float:
     return math.sqrt(sum(float(np.vdot(g, g)) for g in grads.values()))
 
 
-def train_step(model, loss, optimizer, x_u8, y, transform, lr: float, chunk_size: int, penalty=None,
-               grad_clip_norm: float | None = None, callbacks=(), state: TrainState | None = None):
-    """One optimizer step on a batch: (data loss, correct predictions, penalty, gradient norm).
+def batch_gradients(model, loss, x_u8, y, transform, chunk_size: int):
+    """(mean data loss, correct predictions, gradients) of one batch, in this process.
 
     A batch larger than chunk_size is run chunk by chunk with gradients accumulated,
     weighted by chunk length, so the step uses the exact mean gradient of the whole
-    batch while memory stays bounded (full-batch gradient descent). Nothing is updated
-    when the loss or the gradient is not finite.
+    batch while memory stays bounded (full-batch gradient descent). parallel.DataParallel
+    is the same call with the batch split over processes.
     """
     n = len(y)
-    params = model.named_params()
     grads, total, correct = None, 0.0, 0
     for start in range(0, n, chunk_size):
         yb = y[start : start + chunk_size]
@@ -116,8 +114,7 @@ def train_step(model, loss, optimizer, x_u8, y, transform, lr: float, chunk_size
         model.backward(loss.backward())
         correct += int((loss.predict(out) == yb).sum())
         if chunk_size >= n:
-            total, grads = chunk_loss, model.named_grads()
-            break
+            return chunk_loss, correct, model.named_grads()
         w = len(yb) / n
         total += chunk_loss * w
         if grads is None:
@@ -125,6 +122,19 @@ def train_step(model, loss, optimizer, x_u8, y, transform, lr: float, chunk_size
         else:
             for k, g in model.named_grads().items():
                 grads[k] += g * g.dtype.type(w)
+    return total, correct, grads
+
+
+def train_step(model, loss, optimizer, x_u8, y, transform, lr: float, chunk_size: int, penalty=None,
+               grad_clip_norm: float | None = None, callbacks=(), state: TrainState | None = None,
+               gradients=batch_gradients):
+    """One optimizer step on a batch: (data loss, correct predictions, penalty, gradient norm).
+
+    gradients computes the batch's mean loss and gradients (batch_gradients, or a DataParallel).
+    Nothing is updated when the loss or the gradient is not finite.
+    """
+    params = model.named_params()
+    total, correct, grads = gradients(model, loss, x_u8, y, transform, chunk_size)
     if not math.isfinite(total):
         return total, correct, 0.0, math.nan
     reg = penalty.apply(params, grads) if penalty else 0.0
@@ -144,7 +154,8 @@ def train_step(model, loss, optimizer, x_u8, y, transform, lr: float, chunk_size
 
 def fit(model, loss, optimizer, schedule, loader, val, epochs: int, callbacks=(), state: TrainState | None = None,
         eval_batch_size: int = 1000, penalty=None, momentum=None, chunk_size: int | None = None,
-        grad_clip_norm: float | None = None, stop_requested=lambda: None, until_epoch: int | None = None) -> TrainState:
+        grad_clip_norm: float | None = None, stop_requested=lambda: None, until_epoch: int | None = None,
+        gradients=batch_gradients) -> TrainState:
     """Train from `state` (default: the start, else where it stopped, even mid-epoch) to `epochs`.
 
     until_epoch pauses after that epoch: the schedule still spans `epochs`, so resuming later
@@ -155,6 +166,7 @@ def fit(model, loss, optimizer, schedule, loader, val, epochs: int, callbacks=()
     current step with Interrupted, once every callback's on_interrupt has run (checkpointing).
     train_loss is the data loss alone; an L2 penalty's value is logged beside it as reg_loss.
     A non-finite loss or gradient norm raises Diverged before any parameter changes.
+    gradients: how each batch's gradients are computed (batch_gradients, or a parallel.DataParallel).
     """
     state = state or TrainState()
     callbacks = sorted(callbacks, key=lambda cb: cb.order)
@@ -179,7 +191,8 @@ def fit(model, loss, optimizer, schedule, loader, val, epochs: int, callbacks=()
                 optimizer.mu = logs["momentum"] = momentum(state.step)
             with np.errstate(over="ignore", invalid="ignore"):  # overflow is caught below, as divergence
                 batch_loss, batch_correct, reg, norm = train_step(model, loss, optimizer, x_u8, yb, loader.transform,
-                                                                  lr, chunk_size, penalty, grad_clip_norm, callbacks, state)
+                                                                  lr, chunk_size, penalty, grad_clip_norm, callbacks, state,
+                                                                  gradients)
             if not (math.isfinite(batch_loss) and math.isfinite(norm)):
                 what = f"loss is {batch_loss}" if not math.isfinite(batch_loss) else f"gradient norm is {norm}"
                 raise Diverged(f"training diverged: {what} at epoch {epoch + 1}, step {state.step + 1}, lr {lr:g}; "

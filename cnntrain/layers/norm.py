@@ -19,6 +19,8 @@ class BatchNorm(Layer):
     + momentum * batch_stat (PyTorch's convention, running_var from the unbiased variance).
     Evaluation: the running statistics. gamma, beta, running_mean, running_var: (C,) or (D,).
     The plain version, node by node: reference.batchnorm_forward / batchnorm_backward / batchnorm_inference.
+    With a `reducer` (data parallel training, parallel.py) each process holds some of the batch's
+    rows and the per-channel sums are taken over the whole batch, as one process would take them.
     """
 
     new_output = True  # forward returns an array of its own (Sequential may apply the next activation in place)
@@ -30,6 +32,7 @@ class BatchNorm(Layer):
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
             raise ValueError(f"eps: must be a number > 0, got {eps!r}")
         self.momentum, self.eps = float(momentum), float(eps)
+        self.reducer = None  # set by parallel.DataParallel for the length of one step
 
     def build(self, in_shape, rng):
         if len(in_shape) not in (1, 3):
@@ -70,6 +73,10 @@ class BatchNorm(Layer):
         """Per-channel sums of a * b, without the product as a temporary (einsum's sum-of-products loop)."""
         return np.einsum("ij,ij->j", a, b).reshape(T, -1).sum(axis=0)
 
+    def _reduce(self, sums: np.ndarray) -> np.ndarray:
+        """Per-channel sums over the whole batch: these rows' own, or every process's with a reducer."""
+        return sums if self.reducer is None else self.reducer.sum(sums)
+
     def forward(self, x, training):
         check_shape(x, self.in_shape, self)
         xm, T = self._rows(x)
@@ -81,11 +88,14 @@ class BatchNorm(Layer):
             y += np.tile(shift, T)
             return self._like(y, x)
         m = len(xm) * T  # values per channel or feature
+        reduce = self._reduce
+        if self.reducer is not None:
+            m = self.reducer.total(m)
         if m < 2:
             raise ValueError(f"batchnorm: training needs more than one value per feature, got input shape {x.shape}")
-        mean = self._channel_sums(xm, T) / x.dtype.type(m)
+        mean = reduce(self._channel_sums(xm, T)) / x.dtype.type(m)
         xc = xm - np.tile(mean, T)
-        var = self._product_sums(xc, xc, T) / x.dtype.type(m)  # biased, as used for normalising
+        var = reduce(self._product_sums(xc, xc, T)) / x.dtype.type(m)  # biased, as used for normalising
         inv_std = 1 / np.sqrt(var + x.dtype.type(self.eps))
         self._update_running(mean, var * (m / (m - 1)))
         self._cache = (xc, inv_std, m, T)
@@ -115,7 +125,9 @@ class BatchNorm(Layer):
         dym, _ = self._rows(dy)
         dbeta = self._channel_sums(dym, T)
         dgamma = self._product_sums(dym, xc, T) * inv_std
-        self.grads["gamma"], self.grads["beta"] = dgamma, dbeta
+        self.grads["gamma"], self.grads["beta"] = dgamma, dbeta  # this process's rows' share, when data parallel
+        if self.reducer is not None:
+            dgamma, dbeta = np.split(self._reduce(np.concatenate([dgamma, dbeta])), 2)
         a = self.params["gamma"].astype(dy.dtype, copy=False) * inv_std
         dx = dym * np.tile(a, T)
         dx -= xc * np.tile(a * inv_std * dgamma / dy.dtype.type(m), T)

@@ -1,0 +1,386 @@
+"""Data parallel training on one machine: each batch split over worker processes.
+
+NumPy runs the work between the matrix products (im2col copies, pooling, batchnorm, ReLU) on one
+core, and a second BLAS thread does little for small GEMMs; W processes with one BLAS thread
+each, every one on its share of the batch, use the cores for all of it. This process is rank 0
+and keeps the model, the optimizer and the callbacks; ranks 1..W-1 are spawned processes with a
+copy of the network.
+
+One step, and why it equals the single-process step up to float32 rounding:
+- rank 0 copies the parameters, its batch rows and every dropout mask into shared memory: the
+  masks are drawn from the model's generator for the whole batch in layer order, exactly as a
+  single process draws them, so a checkpoint's generator state resumes them exactly;
+- each rank backpropagates its rows' share of the *batch* mean loss (dy scaled by n_k / n), so
+  the batch gradient is the plain sum of the ranks' gradients, taken in rank order;
+- batchnorm uses the statistics of the whole batch (synchronised like PyTorch's SyncBatchNorm):
+  the per-channel sums it needs are summed over the ranks in rank order (`Reducer`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import mmap
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import numpy as np
+
+from .errors import RunError
+
+# Below this many multiply-adds per training step (forward, for the whole batch) `workers: auto`
+# keeps one process: the step is too short for the hand-over (about 0.1 ms) and a process's start
+MIN_AUTO_MACS = 2_000_000
+POLL_SECONDS = 0.05
+
+
+def choose_workers(requested, threads_requested: int | None, live: int, macs_per_sample: int, batch_size: int,
+                   chunk_size: int) -> int:
+    """train.workers as a number: itself, or for `auto` one process per BLAS thread this run may
+    use (train.threads, an explicit OMP_NUM_THREADS-style variable, else cores // live runs), when
+    a step is big enough to pay for the hand-over and is not split into chunks anyway."""
+    from .threads import choose, explicit_env
+
+    if requested != "auto":
+        return int(requested)
+    threads, _ = choose(threads_requested, live)
+    if threads is None:  # the environment decides
+        value = explicit_env().split("=", 1)[1]
+        threads = int(value) if value.isdigit() else 1
+    if threads < 2 or batch_size > chunk_size or macs_per_sample * batch_size < MIN_AUTO_MACS:
+        return 1
+    return max(1, min(threads, batch_size // 8))
+
+
+class Reducer:
+    """Sums per-channel statistics over the ranks, in rank order, identical on every rank.
+
+    Rank k > 0 writes its partial sum to its slot and writes one byte to its `up` pipe; rank 0
+    reads a byte from every up pipe, writes the sum into the result buffer of this call's parity
+    and writes a byte to every `down` pipe. Two result buffers let a fast rank start the next call
+    while a slow one still reads. A pipe read returns nothing when the other end's process has
+    died, so neither side can wait forever for a dead one; a worker that fails sends FAILED up.
+    """
+
+    FAILED = b"x"
+
+    def __init__(self, rank: int, slots: np.ndarray, results: np.ndarray, up, down, failed=None):
+        self.rank, self.slots, self.results, self.up, self.down = rank, slots, results, up, down
+        self.failed = failed or (lambda k: RunError(f"data parallel worker {k} stopped"))
+        self.parity = 0
+        self.batch = self.rows = 0  # rows of the whole batch and of this rank's share (set every step)
+
+    def total(self, count: int) -> int:
+        """A per-channel count over this rank's rows, for the whole batch."""
+        return count // self.rows * self.batch
+
+    def sum(self, local: np.ndarray) -> np.ndarray:
+        size = local.size
+        out = self.results[self.parity, :size]
+        self.parity ^= 1
+        if self.rank == 0:
+            for k in range(1, len(self.slots)):
+                if os.read(self.up[k], 1) != b"1":
+                    raise self.failed(k)
+            np.copyto(out, local.ravel())
+            for k in range(1, len(self.slots)):
+                out += self.slots[k, :size]
+            for k in range(1, len(self.slots)):
+                os.write(self.down[k], b"1")
+        else:
+            np.copyto(self.slots[self.rank, :size], local.ravel())
+            os.write(self.up[self.rank], b"1")
+            if os.read(self.down[self.rank], 1) != b"1":
+                raise SystemExit(0)  # rank 0 is gone
+        return out.astype(local.dtype, copy=True).reshape(local.shape)
+
+
+def shared_block(size: int) -> tuple[int, mmap.mmap]:
+    """(fd, mapping) of `size` bytes of shared memory that vanishes with its last user.
+
+    A file in /dev/shm (the temp dir where there is none) unlinked at once: worker processes
+    map it through the inherited fd, and nothing is left behind however the processes end.
+    """
+    folder = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    fd, path = tempfile.mkstemp(prefix="cnntrain-", dir=folder)
+    os.unlink(path)
+    os.ftruncate(fd, max(size, 1))
+    return fd, mmap.mmap(fd, max(size, 1))
+
+
+def layout(specs: dict) -> tuple[dict, int]:
+    """Byte offsets of named (shape, dtype) arrays in one block, 64-byte aligned, and its size."""
+    offsets, size = {}, 0
+    for name, (shape, dtype) in specs.items():
+        offsets[name] = size
+        size += -(-math.prod(shape) * np.dtype(dtype).itemsize // 64) * 64
+    return offsets, size
+
+
+def views(block, specs: dict, offsets: dict) -> dict[str, np.ndarray]:
+    buf = np.frombuffer(block, dtype=np.uint8)
+    return {name: buf[offsets[name] : offsets[name] + math.prod(shape) * np.dtype(dtype).itemsize]
+            .view(dtype).reshape(shape) for name, (shape, dtype) in specs.items()}
+
+
+def _share_gradients(model, loss, x, y, batch: int):
+    """Forward and backward on one share of a batch; dy scaled so gradients sum to the batch mean's.
+
+    Returns (share mean loss, correct predictions); gradients are left on the layers.
+    """
+    out = model.forward(x, training=True)
+    share_loss = loss.forward(out, y)
+    dy = loss.backward()
+    if len(y) != batch:
+        dy = dy * dy.dtype.type(len(y) / batch)
+    model.backward(dy)
+    return share_loss, int((loss.predict(out) == y).sum())
+
+
+def _dropouts(model):
+    return [(i, layer) for i, layer in enumerate(model.layers) if hasattr(layer, "preset_mask")]
+
+
+def _batchnorms(model):
+    return [layer for layer in model.layers if hasattr(layer, "reducer")]
+
+
+class DataParallel:
+    """Batch gradients computed by `workers` processes; the same call as train.batch_gradients.
+
+    Worker processes start at the first step (a run that never steps never starts one) and stop
+    at close(). A batch that cannot be split (fewer rows than workers, or more than chunk_size)
+    runs here alone, with the same result up to rounding. Workers are `python -m cnntrain.parallel`
+    processes, so nothing depends on how the caller's own program was started.
+    """
+
+    def __init__(self, model, loss, workers: int, batch_size: int, threads=lambda: 1):
+        if workers < 2:
+            raise ValueError(f"DataParallel needs 2 or more workers, got {workers}")
+        self.model, self.loss, self.workers, self.batch_size, self.threads = model, loss, workers, batch_size, threads
+        self.procs, self.conns, self.fds = [], [], []
+        self.arrays = None
+
+    # --- lifecycle ---
+    def _start(self, x: np.ndarray, y: np.ndarray) -> None:
+        B, W = self.batch_size, self.workers
+        params = self.model.named_params()
+        dtype = next(iter(params.values())).dtype if params else x.dtype
+        width = 2 * max([layer.in_shape[0] for layer in _batchnorms(self.model)] or [1])
+        specs = {"x": ((B,) + x.shape[1:], x.dtype), "y": ((B,) + y.shape[1:], y.dtype),
+                 "slots": ((W, width), dtype), "results": ((2, width), dtype)}
+        specs.update({f"param/{k}": (p.shape, p.dtype) for k, p in params.items()})
+        specs.update({f"grad{r}/{k}": (p.shape, p.dtype) for r in range(1, W) for k, p in params.items()})
+        specs.update({f"mask{i}": ((B,) + tuple(layer.in_shape), np.bool_) for i, layer in _dropouts(self.model)})
+        offsets, size = layout(specs)
+        shm_fd, self.block = shared_block(size)
+        self.arrays = views(self.block, specs, offsets)
+        self.up, self.down = [None] * W, [None] * W
+        blob = pickle.dumps((self.model, self.loss, specs, offsets))
+        env = _worker_env(self.threads())
+        try:
+            for rank in range(1, W):
+                up_r, up_w = os.pipe()
+                down_r, down_w = os.pipe()
+                here, there = socket.socketpair()
+                inherit = (shm_fd, up_w, down_r, there.fileno())
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "cnntrain.parallel", str(rank), str(W), *map(str, inherit)],
+                    pass_fds=inherit, env=env, stdin=subprocess.DEVNULL, start_new_session=False)
+                for fd in (up_w, down_r):
+                    os.close(fd)
+                there.close()
+                conn = Connection(here.detach())
+                conn.send_bytes(blob)
+                self.up[rank], self.down[rank] = up_r, down_w
+                self.fds += [up_r, down_w]
+                self.procs.append(proc)
+                self.conns.append(conn)
+        finally:
+            os.close(shm_fd)
+        self.reducer = Reducer(0, self.arrays["slots"], self.arrays["results"], self.up, self.down, self._failure)
+
+    def close(self) -> None:
+        """Stop the worker processes (they also stop by themselves when this process dies)."""
+        for conn in self.conns:
+            try:
+                conn.send(None)
+            except OSError:
+                pass
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for conn in self.conns:
+            conn.close()
+        for fd in self.fds:
+            os.close(fd)
+        self.procs, self.conns, self.fds, self.arrays = [], [], [], None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _failure(self, rank: int) -> RunError:
+        """The error for a worker that stopped answering: the one it reported, else how it ended."""
+        conn, proc = self.conns[rank - 1], self.procs[rank - 1]
+        try:
+            if conn.poll(1.0):
+                message = conn.recv()
+                if isinstance(message, tuple) and message and message[0] == "error":
+                    return RunError(f"data parallel worker {rank} failed: {message[1]}")
+        except (EOFError, OSError):
+            pass
+        try:
+            code = proc.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            code = "none yet"
+        return RunError(f"data parallel worker {rank} stopped (exit code {code}); "
+                        "set train.workers: 1 to train in one process")
+
+    def _reply(self, rank: int):
+        try:
+            message = self.conns[rank - 1].recv()
+        except (EOFError, OSError):
+            raise self._failure(rank) from None
+        if isinstance(message, tuple) and message and message[0] == "error":
+            raise RunError(f"data parallel worker {rank} failed: {message[1]}")
+        return message
+
+    # --- one step ---
+    def __call__(self, model, loss, x_u8, y, transform, chunk_size: int):
+        from .train import batch_gradients
+
+        n = len(y)
+        if n < self.workers or n > min(chunk_size, self.batch_size) or model is not self.model:
+            return batch_gradients(model, loss, x_u8, y, transform, chunk_size)
+        x = transform(x_u8)
+        if self.arrays is None:
+            self._start(x, y)
+        try:
+            return self._step(model, loss, x, y)
+        except BaseException:
+            self.close()  # workers may be waiting inside the failed step; the next step starts new ones
+            raise
+
+    def _step(self, model, loss, x, y):
+        n, W, arrays = len(y), self.workers, self.arrays
+        bounds = [k * n // W for k in range(W + 1)]
+        for name, p in model.named_params().items():
+            np.copyto(arrays[f"param/{name}"], p)
+        masks = {}
+        for i, layer in _dropouts(model):  # the whole batch's masks, drawn as one process draws them
+            masks[i] = layer.draw_mask(arrays[f"mask{i}"][:n])
+        arrays["x"][bounds[1]:n] = x[bounds[1]:]
+        arrays["y"][bounds[1]:n] = y[bounds[1]:]
+        threads = self.threads()
+        for rank, conn in enumerate(self.conns, start=1):
+            try:
+                conn.send((n, bounds[rank], bounds[rank + 1], threads))
+            except OSError:
+                raise self._failure(rank) from None
+        try:
+            _arm(model, self.reducer, masks, n, 0, bounds[1])
+            share_loss, correct = _share_gradients(model, loss, x[: bounds[1]], y[: bounds[1]], n)
+        finally:
+            _disarm(model)
+        total = share_loss * bounds[1] / n
+        replies = [self._reply(rank) for rank in range(1, W)]
+        grads = model.named_grads()
+        for rank, (rank_loss, rank_correct) in enumerate(replies, start=1):
+            total += rank_loss * (bounds[rank + 1] - bounds[rank]) / n
+            correct += rank_correct
+            for name, g in grads.items():
+                g += arrays[f"grad{rank}/{name}"]
+        return total, correct, grads
+
+
+def _worker_env(threads: int) -> dict:
+    """The environment of a worker: this one, cnntrain importable, and its BLAS thread count set
+    before NumPy loads (unless the user set one explicitly)."""
+    from .threads import THREAD_VARIABLES, explicit_env
+
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    if explicit_env() is None:
+        env.update({name: str(threads) for name in THREAD_VARIABLES})
+    return env
+
+
+def _arm(model, reducer, masks: dict, n: int, start: int, stop: int) -> None:
+    """Give this rank's layers the step's dropout masks (its rows) and the batchnorm reducer."""
+    reducer.batch, reducer.rows = n, stop - start
+    for i, layer in _dropouts(model):
+        layer.preset_mask = masks[i][start:stop]
+    for layer in _batchnorms(model):
+        layer.reducer = reducer
+
+
+def _disarm(model) -> None:
+    for _, layer in _dropouts(model):
+        layer.preset_mask = None
+    for layer in _batchnorms(model):
+        layer.reducer = None
+
+
+def _worker(rank: int, workers: int, shm_fd: int, up: int, down: int, conn_fd: int) -> None:
+    """A worker process: wait for a step, compute its share, leave its gradients in shared memory."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C and SIGTERM are for rank 0, which stops at a step's end
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: end with rank 0
+    except (OSError, AttributeError):
+        pass  # not Linux: the closed pipes end it instead
+    from .threads import set_blas_threads
+
+    conn = Connection(conn_fd)
+    model, loss, specs, offsets = pickle.loads(conn.recv_bytes())
+    arrays = views(mmap.mmap(shm_fd, 0), specs, offsets)
+    for i, layer in enumerate(model.layers):
+        for key in layer.params:
+            layer.params[key] = arrays[f"param/layers.{i}.{key}"]
+    ups, downs = [None] * workers, [None] * workers
+    ups[rank], downs[rank] = up, down
+    reducer = Reducer(rank, arrays["slots"], arrays["results"], ups, downs)
+    masks = {i: arrays[f"mask{i}"] for i, _ in _dropouts(model)}
+    current = None
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        n, start, stop, want = message
+        try:
+            if want != current:
+                set_blas_threads(want)
+                current = want
+            _arm(model, reducer, masks, n, start, stop)
+            try:
+                reply = _share_gradients(model, loss, arrays["x"][start:stop], arrays["y"][start:stop], n)
+            finally:
+                _disarm(model)
+            for name, g in model.named_grads().items():
+                np.copyto(arrays[f"grad{rank}/{name}"], g)
+        except Exception as exc:  # reported to rank 0, which raises it as a RunError
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+            os.write(up, Reducer.FAILED)  # in case rank 0 waits for this rank's batchnorm sums
+            return
+        conn.send(reply)
+
+
+if __name__ == "__main__":
+    _worker(*map(int, sys.argv[1:]))

@@ -1,8 +1,9 @@
 """Throughput of a config's training steps and inference, and where the time goes layer by layer.
 
 The headline figures time the very step a run takes (train.train_step on uint8 batches through the
-run's preprocessing, L2 and clipping), with nothing in between, so they match a real epoch's
-images_per_second; the per-layer profile is measured afterwards in separate, instrumented passes.
+run's preprocessing, L2 and clipping, split over the same data parallel processes and BLAS threads),
+with nothing in between, so they match a real epoch's images_per_second; the per-layer profile is
+measured afterwards in separate, instrumented passes, in this process.
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ import time
 import numpy as np
 
 from .build import Experiment
+from .callbacks import ThreadPolicy
 from .data.splits import static_input_shape
 from .memory import keep_freed_memory
-from .train import train_step
+from .parallel import DataParallel, choose_workers
+from .threads import TrainingProcesses
+from .train import batch_gradients, train_step
 
 
 def peak_rss_mb() -> float:
@@ -73,10 +77,31 @@ def benchmark(exp: Experiment, batch_size: int | None = None, steps: int = 50, w
     preprocess = exp.preprocess(in_shape[0], x_u8)
     lr = cfg.optimizer.lr
     xb, yb = x_u8[:batch], y[:batch]
+    processes = TrainingProcesses()  # not registered: a benchmark shares the cores as a run would
+    workers = choose_workers(cfg.train.workers, cfg.train.threads, processes.count(),
+                             sum(layer.macs() for layer in model.layers), batch, cfg.chunk_size(batch))
+    threads = ThreadPolicy(processes, cfg.train.threads, echo=lambda line: None, workers=workers)
+    threads.apply()
+    gradients = batch_gradients
+    if workers > 1:
+        gradients = DataParallel(model, loss, workers, batch, lambda: threads.each)
+    try:
+        result = _measure(cfg, model, loss, optimizer, penalty, preprocess, x_u8, xb, yb, lr, steps, warmup,
+                          profile, gradients)
+    finally:
+        if workers > 1:
+            gradients.close()
+        threads.on_train_end(None)
+    return {**result, "workers": workers, "blas_threads": threads.each}
+
+
+def _measure(cfg, model, loss, optimizer, penalty, preprocess, x_u8, xb, yb, lr, steps, warmup, profile,
+             gradients) -> dict:
+    batch = len(yb)
 
     def step():
         train_step(model, loss, optimizer, xb, yb, preprocess, lr, cfg.chunk_size(batch), penalty,
-                   cfg.train.grad_clip_norm)
+                   cfg.train.grad_clip_norm, gradients=gradients)
 
     for _ in range(warmup):
         step()

@@ -164,14 +164,20 @@ class PlotCallback(Callback):
 class ThreadPolicy(Callback):
     """BLAS threads (see threads.py): train.threads, an explicit OMP_NUM_THREADS-style variable, else
     max(1, cores // live cnntrain training processes), decided at every epoch and every `recheck`
-    seconds within one, so runs started together settle on a share each. A data parallel run's
-    `workers` processes split its share (threads holds each one's count). The process's own count
-    comes back when training ends."""
+    seconds within one, so runs started together settle on a share each. `threads` is the run's
+    count; a data parallel run's `workers` processes take `each` during its steps. The process's
+    own count comes back when training ends."""
 
     def __init__(self, processes, requested: int | None, echo, recheck: float = 2.0, workers: int = 1):
-        self.processes, self.requested, self.echo, self.recheck, self.workers = processes, requested, echo, recheck, workers
-        self.threads = self.initial = self.budget = None
+        self.processes, self.requested, self.echo, self.recheck = processes, requested, echo, recheck
+        self.workers = workers
+        self.threads = self.initial = None
         self.checked = -math.inf
+
+    @property
+    def each(self) -> int:
+        """BLAS threads of each of the run's processes while they share a batch."""
+        return max(1, (self.threads or 1) // self.workers)
 
     def apply(self) -> None:
         from .threads import blas_threads, choose, set_blas_threads
@@ -181,16 +187,13 @@ class ThreadPolicy(Callback):
         if self.initial is None:
             self.initial = current
         n, why = choose(self.requested, self.processes.count())
-        each = None if n is None else max(1, n // self.workers)
-        if each is not None and current is not None and each != current:
-            set_blas_threads(each)
-        if n is not None and self.initial is not None and n < (self.budget or self.initial):
-            uses = (f"{n} BLAS thread{'s' if n > 1 else ''}" if self.workers == 1 else
-                    f"{each} BLAS thread{'s' if each > 1 else ''} in each of its {self.workers} processes")
-            self.echo(f"threads: {why}, so this run uses {uses} instead of {self.budget or self.initial} "
-                      "(set train.threads or OMP_NUM_THREADS to choose)")
-        self.budget = n
-        self.threads = current if each is None else each
+        if n is not None and current is not None and n != current:
+            set_blas_threads(n)
+            if n < current:
+                each = "" if self.workers == 1 else f", {max(1, n // self.workers)} in each of its {self.workers} processes"
+                self.echo(f"threads: {why}, so this run uses {n} BLAS thread{'s' if n > 1 else ''}{each} instead of "
+                          f"{current} (set train.threads or OMP_NUM_THREADS to choose)")
+        self.threads = current if n is None else n
 
     def on_epoch_begin(self, state):
         self.apply()

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import RunError
+from .threads import blas_threads, set_blas_threads
 
 # Below this many multiply-adds per training step (forward, for the whole batch) `workers: auto`
 # keeps one process: the step is too short for the hand-over (about 0.1 ms) and a process's start
@@ -46,14 +47,13 @@ def choose_workers(requested, threads_requested: int | None, live: int, macs_per
     """train.workers as a number: itself, or for `auto` one process per BLAS thread this run may
     use (train.threads, an explicit OMP_NUM_THREADS-style variable, else cores // live runs), when
     a step is big enough to pay for the hand-over and is not split into chunks anyway."""
-    from .threads import choose, explicit_env
+    from .threads import choose, explicit_threads
 
     if requested != "auto":
         return int(requested)
     threads, _ = choose(threads_requested, live)
     if threads is None:  # the environment decides
-        value = explicit_env().split("=", 1)[1]
-        threads = int(value) if value.isdigit() else 1
+        threads = explicit_threads()
     if threads < 2 or batch_size > chunk_size or macs_per_sample * batch_size < MIN_AUTO_MACS:
         return 1
     return max(1, min(threads, batch_size // 8))
@@ -162,6 +162,7 @@ class DataParallel:
     """
 
     def __init__(self, model, loss, workers: int, batch_size: int, threads=lambda: 1):
+        """threads() gives each process's BLAS threads for the next step (ThreadPolicy.each)."""
         if workers < 2:
             raise ValueError(f"DataParallel needs 2 or more workers, got {workers}")
         self.model, self.loss, self.workers, self.batch_size, self.threads = model, loss, workers, batch_size, threads
@@ -285,6 +286,9 @@ class DataParallel:
         arrays["x"][bounds[1]:n] = x[bounds[1]:]
         arrays["y"][bounds[1]:n] = y[bounds[1]:]
         threads = self.threads()
+        own = blas_threads()
+        if own != threads:
+            set_blas_threads(threads)  # the run's other threads are the workers' now; back after this share
         for rank, conn in enumerate(self.conns, start=1):
             try:
                 conn.send((n, bounds[rank], bounds[rank + 1], threads))
@@ -295,6 +299,8 @@ class DataParallel:
             share_loss, correct = _share_gradients(model, loss, x[: bounds[1]], y[: bounds[1]], n)
         finally:
             _disarm(model)
+            if own != threads:
+                set_blas_threads(own)
         total = share_loss * bounds[1] / n
         replies = [self._reply(rank) for rank in range(1, W)]
         grads = model.named_grads()
@@ -343,8 +349,6 @@ def _worker(rank: int, workers: int, shm_fd: int, up: int, down: int, conn_fd: i
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: end with rank 0
     except (OSError, AttributeError):
         pass  # not Linux: the closed pipes end it instead
-    from .threads import set_blas_threads
-
     conn = Connection(conn_fd)
     model, loss, specs, offsets = pickle.loads(conn.recv_bytes())
     arrays = views(mmap.mmap(shm_fd, 0), specs, offsets)

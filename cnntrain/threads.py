@@ -40,6 +40,15 @@ def explicit_env() -> str | None:
     return None
 
 
+def explicit_threads() -> int | None:
+    """The thread count the user's variable asks for (1 if it is not a number), or None if none is set."""
+    env = explicit_env()
+    if env is None:
+        return None
+    value = env.split("=", 1)[1]
+    return int(value) if value.isdigit() and int(value) > 0 else 1
+
+
 def _start_time(pid: int) -> str | None:
     """A process's start time in clock ticks since boot (Linux), which tells a reused pid apart; None elsewhere."""
     try:
@@ -99,18 +108,30 @@ class TrainingProcesses:
         return live
 
 
-def blas_threads() -> int | None:
-    """The BLAS library's current thread count (threadpoolctl), or None without a BLAS it knows."""
-    from threadpoolctl import threadpool_info
+_controller = None
 
-    counts = [pool["num_threads"] for pool in threadpool_info() if pool.get("user_api") == "blas"]
+
+def _blas_libraries() -> list:
+    """threadpoolctl's controllers of the loaded BLAS libraries, found once (a lookup scans every
+    loaded library; setting a count through a found controller takes microseconds)."""
+    global _controller
+    if _controller is None:
+        import numpy  # noqa: F401  (loads the BLAS the controller must find)
+        from threadpoolctl import ThreadpoolController
+
+        _controller = ThreadpoolController()
+    return [lib for lib in _controller.lib_controllers if lib.user_api == "blas"]
+
+
+def blas_threads() -> int | None:
+    """The BLAS library's current thread count, or None without a BLAS threadpoolctl knows."""
+    counts = [lib.num_threads for lib in _blas_libraries()]
     return max(counts) if counts else None
 
 
 def set_blas_threads(n: int) -> None:
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(limits=n, user_api="blas")
+    for lib in _blas_libraries():
+        lib.set_num_threads(n)
 
 
 def choose(requested: int | None, live: int) -> tuple[int | None, str]:

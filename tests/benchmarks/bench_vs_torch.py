@@ -16,6 +16,7 @@ the speed a NumPy im2col + sgemm step could reach if everything else in it were 
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import platform
@@ -109,7 +110,9 @@ def cnntrain_runner(spec, train, infer):
     from cnntrain.build import build_model
     from cnntrain.memory import keep_freed_memory
     from cnntrain.registry import LOSSES, OPTIMIZERS
-    from cnntrain.train import train_step
+    from cnntrain.parallel import DataParallel, choose_workers
+    from cnntrain.threads import explicit_threads
+    from cnntrain.train import batch_gradients, train_step
 
     keep_freed_memory()  # as `cnntrain run` does
 
@@ -118,9 +121,17 @@ def cnntrain_runner(spec, train, infer):
     loss = LOSSES.create("softmax_cross_entropy")
     opt = OPTIMIZERS.create(spec["optimizer"]["name"], {k: v for k, v in spec["optimizer"].items() if k != "name"})
 
+    # the processes a `cnntrain run` with train.workers: auto uses (OMP_NUM_THREADS is set for both frameworks)
+    batch = len(train[0][1])
+    workers = choose_workers("auto", None, 1, sum(layer.macs() for layer in model.layers), batch, batch)
+    gradients = batch_gradients
+    if workers > 1:
+        gradients = DataParallel(model, loss, workers, batch, lambda: max(1, explicit_threads() // workers))
+        atexit.register(gradients.close)
+
     def step(i):
         xb, yb = train[i % len(train)]
-        train_step(model, loss, opt, xb, yb, lambda a: a, opt.lr, len(yb))
+        train_step(model, loss, opt, xb, yb, lambda a: a, opt.lr, len(yb), gradients=gradients)
 
     return step, lambda: model.forward(infer, training=False)
 

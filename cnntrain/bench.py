@@ -80,7 +80,8 @@ def benchmark(exp: Experiment, batch_size: int | None = None, steps: int = 50, w
     processes = TrainingProcesses()  # not registered: a benchmark shares the cores as a run would
     workers = choose_workers(cfg.train.workers, cfg.train.threads, processes.count(),
                              sum(layer.macs() for layer in model.layers), batch, cfg.chunk_size(batch))
-    threads = ThreadPolicy(processes, cfg.train.threads, echo=lambda line: None, workers=workers)
+    threads = ThreadPolicy(processes, cfg.train.threads, echo=lambda line: None, workers=workers,
+                           optimizer=optimizer)
     threads.apply()
     gradients = batch_gradients
     if workers > 1:

@@ -168,9 +168,10 @@ class ThreadPolicy(Callback):
     count; a data parallel run's `workers` processes take `each` during its steps. The process's
     own count comes back when training ends."""
 
-    def __init__(self, processes, requested: int | None, echo, recheck: float = 2.0, workers: int = 1):
+    def __init__(self, processes, requested: int | None, echo, recheck: float = 2.0, workers: int = 1,
+                 optimizer=None):
         self.processes, self.requested, self.echo, self.recheck = processes, requested, echo, recheck
-        self.workers = workers
+        self.workers, self.optimizer = workers, optimizer
         self.threads = self.initial = None
         self.checked = -math.inf
 
@@ -194,6 +195,8 @@ class ThreadPolicy(Callback):
                 self.echo(f"threads: {why}, so this run uses {n} BLAS thread{'s' if n > 1 else ''}{each} instead of "
                           f"{current} (set train.threads or OMP_NUM_THREADS to choose)")
         self.threads = current if n is None else n
+        if self.optimizer is not None:  # its elementwise updates run while the run's other processes wait
+            self.optimizer.threads = max(1, self.threads or 1)
 
     def on_epoch_begin(self, state):
         self.apply()

@@ -7,9 +7,9 @@ and keeps the model, the optimizer and the callbacks; ranks 1..W-1 are spawned p
 copy of the network.
 
 One step, and why it equals the single-process step up to float32 rounding:
-- rank 0 copies the parameters, its batch rows and every dropout mask into shared memory: the
-  masks are drawn from the model's generator for the whole batch in layer order, exactly as a
-  single process draws them, so a checkpoint's generator state resumes them exactly;
+- rank 0 copies the parameters and the batch rows of the others into shared memory, and draws
+  each dropout layer's seed from the model's generator as a single process does; a mask is
+  counter-based (layers/dropout.py), so each rank computes its own rows of the batch's mask;
 - each rank backpropagates its rows' share of the *batch* mean loss (dy scaled by n_k / n), so
   the batch gradient is the plain sum of the ranks' gradients, taken in rank order;
 - batchnorm uses the statistics of the whole batch (synchronised like PyTorch's SyncBatchNorm):
@@ -145,7 +145,7 @@ def _share_gradients(model, loss, x, y, batch: int):
 
 
 def _dropouts(model):
-    return [(i, layer) for i, layer in enumerate(model.layers) if hasattr(layer, "preset_mask")]
+    return [layer for layer in model.layers if hasattr(layer, "draw_seed")]
 
 
 def _batchnorms(model):
@@ -179,7 +179,6 @@ class DataParallel:
                  "slots": ((W, width), dtype), "results": ((2, width), dtype)}
         specs.update({f"param/{k}": (p.shape, p.dtype) for k, p in params.items()})
         specs.update({f"grad{r}/{k}": (p.shape, p.dtype) for r in range(1, W) for k, p in params.items()})
-        specs.update({f"mask{i}": ((B,) + tuple(layer.in_shape), np.bool_) for i, layer in _dropouts(self.model)})
         offsets, size = layout(specs)
         shm_fd, self.block = shared_block(size)
         self.arrays = views(self.block, specs, offsets)
@@ -280,9 +279,7 @@ class DataParallel:
         bounds = [k * n // W for k in range(W + 1)]
         for name, p in model.named_params().items():
             np.copyto(arrays[f"param/{name}"], p)
-        masks = {}
-        for i, layer in _dropouts(model):  # the whole batch's masks, drawn as one process draws them
-            masks[i] = layer.draw_mask(arrays[f"mask{i}"][:n])
+        seeds = [layer.draw_seed() for layer in _dropouts(model)]  # in layer order, as one process draws them
         arrays["x"][bounds[1]:n] = x[bounds[1]:]
         arrays["y"][bounds[1]:n] = y[bounds[1]:]
         threads = self.threads()
@@ -291,11 +288,11 @@ class DataParallel:
             set_blas_threads(threads)  # the run's other threads are the workers' now; back after this share
         for rank, conn in enumerate(self.conns, start=1):
             try:
-                conn.send((n, bounds[rank], bounds[rank + 1], threads))
+                conn.send((n, bounds[rank], bounds[rank + 1], seeds, threads))
             except OSError:
                 raise self._failure(rank) from None
         try:
-            _arm(model, self.reducer, masks, n, 0, bounds[1])
+            _arm(model, self.reducer, seeds, n, 0, bounds[1])
             share_loss, correct = _share_gradients(model, loss, x[: bounds[1]], y[: bounds[1]], n)
         finally:
             _disarm(model)
@@ -325,18 +322,18 @@ def _worker_env(threads: int) -> dict:
     return env
 
 
-def _arm(model, reducer, masks: dict, n: int, start: int, stop: int) -> None:
-    """Give this rank's layers the step's dropout masks (its rows) and the batchnorm reducer."""
+def _arm(model, reducer, seeds: list, n: int, start: int, stop: int) -> None:
+    """Give this rank's layers its rows of the step: dropout seeds with the first row, and the reducer."""
     reducer.batch, reducer.rows = n, stop - start
-    for i, layer in _dropouts(model):
-        layer.preset_mask = masks[i][start:stop]
+    for layer, seed in zip(_dropouts(model), seeds):
+        layer.share = (seed, start)
     for layer in _batchnorms(model):
         layer.reducer = reducer
 
 
 def _disarm(model) -> None:
-    for _, layer in _dropouts(model):
-        layer.preset_mask = None
+    for layer in _dropouts(model):
+        layer.share = None
     for layer in _batchnorms(model):
         layer.reducer = None
 
@@ -358,7 +355,6 @@ def _worker(rank: int, workers: int, shm_fd: int, up: int, down: int, conn_fd: i
     ups, downs = [None] * workers, [None] * workers
     ups[rank], downs[rank] = up, down
     reducer = Reducer(rank, arrays["slots"], arrays["results"], ups, downs)
-    masks = {i: arrays[f"mask{i}"] for i, _ in _dropouts(model)}
     current = None
     while True:
         try:
@@ -367,12 +363,12 @@ def _worker(rank: int, workers: int, shm_fd: int, up: int, down: int, conn_fd: i
             return
         if message is None:
             return
-        n, start, stop, want = message
+        n, start, stop, seeds, want = message
         try:
             if want != current:
                 set_blas_threads(want)
                 current = want
-            _arm(model, reducer, masks, n, start, stop)
+            _arm(model, reducer, seeds, n, start, stop)
             try:
                 reply = _share_gradients(model, loss, arrays["x"][start:stop], arrays["y"][start:stop], n)
             finally:

@@ -168,7 +168,7 @@ def _train(exp: Experiment, run_dir: Path, setup: Setup, state: TrainState, echo
     macs = sum(layer.macs() for layer in model.layers)
     workers = choose_workers(cfg.train.workers, cfg.train.threads, processes.count(), macs, loader.batch_size,
                              setup.chunk_size)
-    threads = ThreadPolicy(processes, cfg.train.threads, echo, workers=workers)
+    threads = ThreadPolicy(processes, cfg.train.threads, echo, workers=workers, optimizer=setup.optimizer)
     callbacks = [ProgressBar(cfg.train.epochs, bar=progress), CSVLogger(run_dir, step_columns, epoch_columns),
                  Checkpointer(run_dir, cfg.to_yaml(), model, setup.optimizer, splits.classes,
                               loader.preprocess.state(), monitor, cfg.train.checkpoint_every),

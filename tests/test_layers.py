@@ -187,3 +187,27 @@ def test_sequential_skips_the_input_gradient_unless_asked():
     assert dx.shape == x.shape
     for key, value in model.named_grads().items():
         np.testing.assert_array_equal(value, grads[key])
+
+
+def test_dropout_masks_are_counter_based_so_any_rows_can_be_drawn_alone():
+    from cnntrain.layers.dropout import dropout_mask
+
+    whole = dropout_mask(12345, 0, (40, 3, 7), 0.3)  # 21 values a row: not a multiple of the 16 per block
+    assert whole.shape == (40, 3, 7) and whole.dtype == np.bool_
+    for first, last in ((0, 13), (13, 14), (14, 40)):
+        np.testing.assert_array_equal(dropout_mask(12345, first, (last - first, 3, 7), 0.3), whole[first:last])
+    assert not np.array_equal(dropout_mask(12346, 0, (40, 3, 7), 0.3), whole)
+    big = dropout_mask(7, 0, (200, 1000), 0.3)
+    assert abs(big.mean() - 0.7) < 0.005, big.mean()
+    assert dropout_mask(7, 0, (10, 10), 0.0).all()
+
+
+def test_dropout_draws_one_seed_per_forward_from_the_run_generator():
+    layer = LAYERS.create("dropout", {"rate": 0.5})
+    layer.build((30,), np.random.default_rng(3))
+    x = np.ones((4, 30), dtype=np.float32)
+    first, second = layer.forward(x, training=True), layer.forward(x, training=True)
+    assert not np.array_equal(first, second)
+    again = LAYERS.create("dropout", {"rate": 0.5})
+    again.build((30,), np.random.default_rng(3))
+    np.testing.assert_array_equal(again.forward(x, training=True), first)

@@ -283,3 +283,26 @@ def test_bad_hyperparameters_of_each_rule_are_rejected(name, kwargs, match):
 
     with pytest.raises(ConfigError, match=match):
         OPTIMIZERS.create(name, kwargs, where="optimizer")
+
+
+@pytest.mark.parametrize("name", ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"])
+def test_threaded_updates_of_large_parameters_are_bit_identical(name):
+    from cnntrain.optim.optimizers import THREADED_MIN
+
+    rng = np.random.default_rng(0)
+    shapes = {"layers.0.W": (THREADED_MIN + 7,), "layers.0.b": (5,), "layers.1.W": (700, 300)}
+    results = []
+    for threads in (1, 3):
+        opt = OPTIMIZERS.create(name, {"lr": 0.01, "weight_decay": 0.01})
+        opt.threads = threads
+        params = {k: np.random.default_rng(1).standard_normal(s).astype(np.float32) for k, s in shapes.items()}
+        for _ in range(3):
+            opt.step(params, {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}, 0.01)
+        results.append((params, opt.state_dict()))
+        rng = np.random.default_rng(0)
+    (p1, s1), (p3, s3) = results
+    for key in p1:
+        np.testing.assert_array_equal(p3[key], p1[key], err_msg=key)
+    assert set(s1) == set(s3)
+    for key in s1:
+        np.testing.assert_array_equal(s3[key], s1[key], err_msg=key)

@@ -7,6 +7,8 @@ it to npz keys `optim/<param_name>/<slot>` and `optim/t`.
 from __future__ import annotations
 
 import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -31,8 +33,24 @@ def decays(name: str) -> bool:
     return name.endswith(".W")
 
 
+THREADED_MIN = 1 << 17  # elements of a parameter worth updating on several threads
+_slots_lock = threading.Lock()
+_pools: dict[int, ThreadPoolExecutor] = {}
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    if threads not in _pools:
+        _pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="cnntrain-optim")
+    return _pools[threads]
+
+
 class Optimizer:
-    """Base: holds lr, weight_decay (L2 added to the gradient: g + wd * p) and per-parameter slots."""
+    """Base: holds lr, weight_decay (L2 added to the gradient: g + wd * p) and per-parameter slots.
+
+    Every rule is elementwise, so with `threads` > 1 (the run's BLAS thread count, set by the
+    thread policy) a large parameter is updated in pieces on that many threads: NumPy releases
+    the GIL inside each pass, and the values are the same bit for bit.
+    """
 
     def __init__(self, lr: float = 0.01, weight_decay: float = 0.0):
         self.lr = check_number(lr, "lr", 0.0, low_open=True)
@@ -40,20 +58,42 @@ class Optimizer:
         self.state: dict[str, dict[str, np.ndarray]] = {}
         self.t = 0
         self._scratch: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        self._whole: dict[str, np.ndarray] = {}  # parameters being updated in pieces
+        self.threads = 1
 
     def slot(self, name: str, slot: str, like: np.ndarray) -> np.ndarray:
-        """The named state array of a parameter, created as zeros on first use."""
+        """The named state array of a parameter (or of the piece of it `like` is), created as zeros on first use."""
+        whole = self._whole.get(name)
         slots = self.state.setdefault(name, {})
         if slot not in slots:
-            slots[slot] = np.zeros_like(like)
-        return slots[slot]
+            with _slots_lock:
+                if slot not in slots:
+                    slots[slot] = np.zeros_like(like if whole is None else whole)
+        if whole is None or like.size == whole.size:
+            return slots[slot]
+        start = (like.__array_interface__["data"][0] - whole.__array_interface__["data"][0]) // like.itemsize
+        return slots[slot].reshape(-1)[start : start + like.size]
 
     def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], lr: float | None = None) -> None:
         """One update of every parameter, in place; t counts updates from 1."""
         lr = self.lr if lr is None else lr
         self.t += 1
         for name, p in params.items():
-            self.update(name, p, self.gradient(name, p, grads[name]), lr)
+            g = self.gradient(name, p, grads[name])
+            if self.threads > 1 and p.size >= THREADED_MIN and p.flags.c_contiguous and g.flags.c_contiguous:
+                self._update_in_pieces(name, p, g, lr)
+            else:
+                self.update(name, p, g, lr)
+
+    def _update_in_pieces(self, name: str, p: np.ndarray, g: np.ndarray, lr: float) -> None:
+        flat_p, flat_g = p.reshape(-1), g.reshape(-1)
+        step = -(-p.size // self.threads)
+        pieces = [slice(start, start + step) for start in range(0, p.size, step)]  # one per thread
+        self._whole[name] = p
+        try:
+            list(_pool(self.threads).map(lambda piece: self.update(name, flat_p[piece], flat_g[piece], lr), pieces))
+        finally:
+            del self._whole[name]
 
     def gradient(self, name: str, p: np.ndarray, g: np.ndarray) -> np.ndarray:
         """The gradient the rule sees: coupled L2, g + weight_decay * p, on weights only."""
@@ -62,8 +102,8 @@ class Optimizer:
         return g
 
     def scratch(self, like: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Two work arrays shaped like a parameter, reused by every update (never saved)."""
-        key = (like.shape, like.dtype.str)
+        """Two work arrays shaped like a parameter, reused by every update of this thread (never saved)."""
+        key = (like.shape, like.dtype.str, threading.get_ident())
         buffers = self._scratch.get(key)
         if buffers is None:
             buffers = self._scratch[key] = (np.empty_like(like), np.empty_like(like))

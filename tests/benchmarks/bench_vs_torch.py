@@ -125,6 +125,7 @@ def cnntrain_runner(spec, train, infer):
     batch = len(train[0][1])
     workers = choose_workers("auto", None, 1, sum(layer.macs() for layer in model.layers), batch, batch)
     gradients = batch_gradients
+    opt.threads = explicit_threads()  # what the thread policy gives a run's optimizer
     if workers > 1:
         gradients = DataParallel(model, loss, workers, batch, lambda: max(1, explicit_threads() // workers))
         atexit.register(gradients.close)

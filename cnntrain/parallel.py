@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import RunError
+from .memory import keep_freed_memory
 from .threads import blas_threads, set_blas_threads
 
 # Below this many multiply-adds per training step (forward, for the whole batch) `workers: auto`
@@ -346,6 +347,7 @@ def _worker(rank: int, workers: int, shm_fd: int, up: int, down: int, conn_fd: i
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: end with rank 0
     except (OSError, AttributeError):
         pass  # not Linux: the closed pipes end it instead
+    keep_freed_memory()  # as rank 0 does: without it every step's arrays are fresh pages, faulted in anew
     conn = Connection(conn_fd)
     model, loss, specs, offsets = pickle.loads(conn.recv_bytes())
     arrays = views(mmap.mmap(shm_fd, 0), specs, offsets)

@@ -85,7 +85,7 @@ def benchmark(exp: Experiment, batch_size: int | None = None, steps: int = 50, w
     threads.apply()
     gradients = batch_gradients
     if workers > 1:
-        gradients = DataParallel(model, loss, workers, batch, lambda: threads.each)
+        gradients = DataParallel(model, loss, workers, batch, lambda: threads.each, lambda: threads.threads)
     try:
         result = _measure(cfg, model, loss, optimizer, penalty, preprocess, x_u8, xb, yb, lr, steps, warmup,
                           profile, gradients)

@@ -158,15 +158,20 @@ class DataParallel:
 
     Worker processes start at the first step (a run that never steps never starts one) and stop
     at close(). A batch that cannot be split (fewer rows than workers, or more than chunk_size)
-    runs here alone, with the same result up to rounding. Workers are `python -m cnntrain.parallel`
+    runs here alone, with the same result up to rounding (the masks are counter-based and the
+    batch's statistics are the batch's either way), and so do all steps while other runs leave
+    this one fewer cores than workers. Workers are `python -m cnntrain.parallel`
     processes, so nothing depends on how the caller's own program was started.
     """
 
-    def __init__(self, model, loss, workers: int, batch_size: int, threads=lambda: 1):
-        """threads() gives each process's BLAS threads for the next step (ThreadPolicy.each)."""
+    def __init__(self, model, loss, workers: int, batch_size: int, threads=lambda: 1, budget=None):
+        """threads() gives each process's BLAS threads for the next step (ThreadPolicy.each); budget()
+        the run's share of the cores (ThreadPolicy.threads): while it is below `workers`, because
+        other runs started, steps run in this process alone and the workers wait."""
         if workers < 2:
             raise ValueError(f"DataParallel needs 2 or more workers, got {workers}")
         self.model, self.loss, self.workers, self.batch_size, self.threads = model, loss, workers, batch_size, threads
+        self.budget = budget or (lambda: workers)
         self.procs, self.conns, self.fds = [], [], []
         self.arrays = None
 
@@ -264,7 +269,8 @@ class DataParallel:
         from .train import batch_gradients
 
         n = len(y)
-        if n < self.workers or n > min(chunk_size, self.batch_size) or model is not self.model:
+        if (n < self.workers or n > min(chunk_size, self.batch_size) or model is not self.model
+                or (self.budget() or 1) < self.workers):
             return batch_gradients(model, loss, x_u8, y, transform, chunk_size)
         x = transform(x_u8)
         if self.arrays is None:

@@ -186,7 +186,8 @@ def _train(exp: Experiment, run_dir: Path, setup: Setup, state: TrainState, echo
     keep_freed_memory()
     gradients = batch_gradients
     if workers > 1:
-        gradients = DataParallel(model, loss, workers, loader.batch_size, lambda: threads.each)
+        gradients = DataParallel(model, loss, workers, loader.batch_size, lambda: threads.each,
+                                 lambda: threads.threads)
         echo(f"data parallel: {workers} processes share each batch (train.workers: {cfg.train.workers})")
     try:
         with stop_on_signals() as stop_requested:

@@ -110,6 +110,22 @@ def test_batches_it_cannot_split_run_in_this_process():
     assert dp.procs == []
 
 
+def test_steps_run_in_this_process_while_other_runs_leave_fewer_cores_than_workers():
+    loss = LOSSES.create("softmax_cross_entropy")
+    serial, parallel = network(), network()
+    budget = [1]
+    x, y = batch(8)
+    with DataParallel(parallel, loss, 2, batch_size=8, budget=lambda: budget[0]) as dp:
+        _, _, got = dp(parallel, loss, x, y, same, 8)
+        assert dp.procs == []
+        _, _, want = batch_gradients(serial, loss, x, y, same, 8)
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+        budget[0] = 2
+        dp(parallel, loss, x, y, same, 8)
+        assert len(dp.procs) == 1
+
+
 def test_a_worker_that_fails_is_a_run_error_with_its_message():
     loss = LOSSES.create("softmax_cross_entropy")
     model = network()

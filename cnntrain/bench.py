@@ -77,9 +77,10 @@ def benchmark(exp: Experiment, batch_size: int | None = None, steps: int = 50, w
     preprocess = exp.preprocess(in_shape[0], x_u8)
     lr = cfg.optimizer.lr
     xb, yb = x_u8[:batch], y[:batch]
+    chunk = cfg.train.chunk_size or batch  # --batch-size sets the step's batch, chunked only if asked
     processes = TrainingProcesses()  # not registered: a benchmark shares the cores as a run would
     workers = choose_workers(cfg.train.workers, cfg.train.threads, processes.count(),
-                             sum(layer.macs() for layer in model.layers), batch, cfg.chunk_size(batch))
+                             sum(layer.macs() for layer in model.layers), batch, chunk)
     threads = ThreadPolicy(processes, cfg.train.threads, echo=lambda line: None, workers=workers,
                            optimizer=optimizer)
     threads.apply()
@@ -88,7 +89,7 @@ def benchmark(exp: Experiment, batch_size: int | None = None, steps: int = 50, w
         gradients = DataParallel(model, loss, workers, batch, lambda: threads.each, lambda: threads.threads)
     try:
         result = _measure(cfg, model, loss, optimizer, penalty, preprocess, x_u8, xb, yb, lr, steps, warmup,
-                          profile, gradients)
+                          profile, gradients, chunk)
     finally:
         if workers > 1:
             gradients.close()
@@ -97,11 +98,11 @@ def benchmark(exp: Experiment, batch_size: int | None = None, steps: int = 50, w
 
 
 def _measure(cfg, model, loss, optimizer, penalty, preprocess, x_u8, xb, yb, lr, steps, warmup, profile,
-             gradients) -> dict:
+             gradients, chunk) -> dict:
     batch = len(yb)
 
     def step():
-        train_step(model, loss, optimizer, xb, yb, preprocess, lr, cfg.chunk_size(batch), penalty,
+        train_step(model, loss, optimizer, xb, yb, preprocess, lr, chunk, penalty,
                    cfg.train.grad_clip_norm, gradients=gradients)
 
     for _ in range(warmup):

@@ -38,9 +38,8 @@ from .memory import keep_freed_memory
 from .threads import blas_threads, set_blas_threads
 
 # Below this many multiply-adds per training step (forward, for the whole batch) `workers: auto`
-# keeps one process: the step is too short for the hand-over (about 0.1 ms) and a process's start
+# keeps one process: such a step takes about a millisecond, too short to pay for the hand-over
 MIN_AUTO_MACS = 2_000_000
-POLL_SECONDS = 0.05
 
 
 def choose_workers(requested, threads_requested: int | None, live: int, macs_per_sample: int, batch_size: int,
@@ -106,14 +105,24 @@ class Reducer:
 def shared_block(size: int) -> tuple[int, mmap.mmap]:
     """(fd, mapping) of `size` bytes of shared memory that vanishes with its last user.
 
-    A file in /dev/shm (the temp dir where there is none) unlinked at once: worker processes
-    map it through the inherited fd, and nothing is left behind however the processes end.
+    A file in /dev/shm (else, or when that is too small, the temp dir) unlinked at once: worker
+    processes map it through the inherited fd, and nothing is left behind however they end. The
+    space is allocated up front, so a full /dev/shm is an error here, not a SIGBUS mid-step.
     """
-    folder = "/dev/shm" if os.path.isdir("/dev/shm") else None
-    fd, path = tempfile.mkstemp(prefix="cnntrain-", dir=folder)
-    os.unlink(path)
-    os.ftruncate(fd, max(size, 1))
-    return fd, mmap.mmap(fd, max(size, 1))
+    size = max(size, 1)
+    for folder in ("/dev/shm", None):
+        if folder and not os.path.isdir(folder):
+            continue
+        fd, path = tempfile.mkstemp(prefix="cnntrain-", dir=folder)
+        os.unlink(path)
+        try:
+            os.posix_fallocate(fd, 0, size)
+            return fd, mmap.mmap(fd, size)
+        except OSError as exc:
+            os.close(fd)
+            error = exc
+    raise RunError(f"data parallel: cannot allocate {size / 2**20:.0f} MiB of shared memory ({error.strerror}); "
+                   "set train.workers: 1 to train in one process")
 
 
 def layout(specs: dict) -> tuple[dict, int]:

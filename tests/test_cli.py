@@ -266,3 +266,23 @@ def test_bench_headline_is_the_real_step_and_flops_follow_the_layer_formulas(sma
     assert r["train_step_ms"] == pytest.approx(16e3 / r["train_images_per_s"], rel=1e-9)
     assert 0 < r["train_peak_memory_mb"] <= r["peak_memory_mb"]
     assert r["eval_batch_size"] == 1000
+
+
+def test_bench_steps_the_batch_it_is_given_over_the_processes_a_run_would_use(small_config, monkeypatch):
+    import cnntrain.bench as bench
+
+    chunks = []
+    real_step = bench.train_step
+
+    def recording(*args, **kwargs):
+        chunks.append(args[7])  # chunk_size
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "train_step", recording)
+    result = invoke("bench", small_config, "--steps", "2", "--batch-size", "64", "--no-profile", "--json",
+                    "--set", "train.workers=2")  # the config's batch is 32: 64 must not run as two chunks
+    assert result.exit_code == 0, result.output
+    r = json.loads(result.output)
+    assert set(chunks) == {64} and r["workers"] == 2 and r["blas_threads"] >= 1
+    result = invoke("bench", small_config, "--steps", "2", "--batch-size", "16", "--no-profile", "--json")
+    assert json.loads(result.output)["workers"] == 1, "auto: 16 x 72,128 multiply-adds are too few to split"

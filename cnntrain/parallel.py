@@ -223,22 +223,25 @@ class DataParallel:
         self.reducer = Reducer(0, self.arrays["slots"], self.arrays["results"], self.up, self.down, self._failure)
 
     def close(self) -> None:
-        """Stop the worker processes (they also stop by themselves when this process dies)."""
+        """Stop the worker processes (they also stop by themselves when this process dies).
+
+        Closing the pipes first ends a worker wherever it waits: for the next step, or inside a
+        batchnorm sum of a step that failed here.
+        """
         for conn in self.conns:
             try:
                 conn.send(None)
             except OSError:
                 pass
+            conn.close()
+        for fd in self.fds:
+            os.close(fd)
         for proc in self.procs:
             try:
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        for conn in self.conns:
-            conn.close()
-        for fd in self.fds:
-            os.close(fd)
         self.procs, self.conns, self.fds, self.arrays = [], [], [], None
 
     def __enter__(self):

@@ -14,6 +14,7 @@ class Sequential:
         self.layers = list(layers)
         self.in_shape: tuple[int, ...] | None = None
         self.out_shape: tuple[int, ...] | None = None
+        self._swapped: set[int] = set()  # ReLUs the last training forward ran after their max pool
 
     def build(self, in_shape, rng: np.random.Generator) -> tuple[int, ...]:
         """Create every parameter; ValueError naming the layer index, type and shapes on a misfit."""
@@ -31,12 +32,22 @@ class Sequential:
         that layer's weights, and an activation right after a layer whose output is a new array
         (`new_output`) is applied in place: each saves passes over the activations (equal up to rounding)."""
         layers, i = self.layers, 0
+        if training:
+            self._swapped = set()
         while i < len(layers):
             layer = layers[i]
             following = layers[i + 1] if i + 1 < len(layers) else None
             i += 1
             if training:
-                x = layer.forward(x, training)
+                if i > 1 and getattr(layer, "commutes_with_max", False) and getattr(following, "takes_max", False):
+                    # relu then max pool == max pool then relu, to the bit, gradient included (a window's
+                    # first maximum is the same where it is positive; where it is not, its gradient is 0),
+                    # and the ReLU then touches a quarter of the values, forward and backward
+                    x = layer.forward(following.forward(x, training), training)
+                    self._swapped.add(i - 1)
+                    i += 1
+                else:
+                    x = layer.forward(x, training)
                 continue
             if hasattr(layer, "forward_scaled") and hasattr(following, "inference_affine"):
                 x = layer.forward_scaled(x, *following.inference_affine(x.dtype))
@@ -50,8 +61,14 @@ class Sequential:
 
     def backward(self, dy: np.ndarray, input_grad: bool = False) -> np.ndarray | None:
         """Gradients of every layer; d loss / d input too only when input_grad (training never needs it)."""
-        for layer in reversed(self.layers[1:]):
-            dy = layer.backward(dy)
+        i = len(self.layers) - 1
+        while i >= 1:
+            if i - 1 in self._swapped:  # a ReLU that ran after the max pool at i: its backward comes first
+                dy = self.layers[i].backward(self.layers[i - 1].backward(dy))
+                i -= 2
+            else:
+                dy = self.layers[i].backward(dy)
+                i -= 1
         first = self.layers[0]
         if not input_grad and hasattr(first, "backward_params"):
             first.backward_params(dy)

@@ -285,3 +285,31 @@ def test_evaluation_applies_an_activation_in_place_only_on_a_new_array():
         expected = layer.forward(expected, training=False)
     np.testing.assert_array_equal(model.forward(x, training=False), expected)
     np.testing.assert_array_equal(x, x_before)  # the first relu gets the caller's array: never in place
+
+
+@pytest.mark.parametrize("pool", [{"size": 2}, {"size": 3, "stride": 2, "padding": 1}], ids=["tiling", "overlapping"])
+def test_relu_run_after_its_max_pool_changes_no_bit_forward_or_backward(pool):
+    """Sequential runs conv-relu-maxpool as conv-maxpool-relu in training; ties, zeros and negatives included."""
+    from cnntrain.build import build_model
+
+    specs = [("conv2d", {"filters": 3, "kernel_size": 3, "padding": "same"}), ("relu", {}), ("maxpool2d", pool),
+             ("flatten", {}), ("dense", {"units": 4})]
+    model = build_model(specs, (2, 8, 8), np.random.default_rng(0))
+    rng = np.random.default_rng(1)
+    x = np.round(rng.standard_normal((5, 2, 8, 8)), 1).astype(np.float32)  # coarse values: many exact ties
+    x[0] = 0.0  # whole windows of zeros after the ReLU
+    dy = rng.standard_normal((5, 4)).astype(np.float32)
+    out = model.forward(x, training=True)
+    assert model._swapped == {1}
+    model.backward(dy)
+    got = {k: g.copy() for k, g in model.named_grads().items()}
+    h = x  # the same layers, one after another in their order
+    for layer in model.layers:
+        h = layer.forward(h, True)
+    np.testing.assert_array_equal(out, h)
+    d = dy
+    for layer in reversed(model.layers[1:]):
+        d = layer.backward(d)
+    model.layers[0].backward_params(d)
+    for key, g in model.named_grads().items():
+        np.testing.assert_array_equal(got[key], g, err_msg=key)

@@ -36,6 +36,8 @@ class Elementwise(Layer):
 class ReLU(Elementwise):
     """max(x, 0); the derivative at 0 is taken as 0."""
 
+    commutes_with_max = True  # see Sequential.forward
+
     def f(self, x):
         return np.maximum(x, 0)
 

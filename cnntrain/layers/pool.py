@@ -60,7 +60,10 @@ class MaxPool2D(_Pool2D):
     x: (N, C, H, W) -> (N, C, OH, OW). stride defaults to size; padding pads with -inf.
     The gradient goes to the first maximum of each window (row-major), as in PyTorch.
     The plain loops: reference.maxpool2d_forward / maxpool2d_backward.
+    (A ReLU right before it may run after it instead: see Sequential.forward.)
     """
+
+    takes_max = True  # relu(max(x)) == max(relu(x)), so a ReLU before it may run after it
 
     def forward(self, x, training):
         # Channels-last: one np.maximum per kernel offset over (N, OH, OW, C) views whose

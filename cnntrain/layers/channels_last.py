@@ -103,13 +103,16 @@ def maxpool_backward_nhwc(xp: np.ndarray, y: np.ndarray, dy: np.ndarray, kernel,
     dxp = (np.empty if tiles else np.zeros)(xp.shape, dtype=dy.dtype)  # tiling windows write every entry once
     taken = None
     out_hw = y.shape[1:3]
-    for view, dview in zip(_offset_views(xp, kernel, stride, out_hw), _offset_views(dxp, kernel, stride, out_hw)):
+    last = kernel[0] * kernel[1] - 1
+    views = zip(_offset_views(xp, kernel, stride, out_hw), _offset_views(dxp, kernel, stride, out_hw))
+    for k, (view, dview) in enumerate(views):
         hit = view == y
         if taken is None:
             taken = hit
         else:
-            hit &= ~taken
-            taken |= hit
+            np.greater(hit, taken, out=hit)  # hit and not taken, in one pass over bools
+            if k < last:
+                taken |= hit
         if tiles:
             np.multiply(dy, hit, out=dview)
         else:

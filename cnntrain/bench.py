@@ -18,9 +18,9 @@ from .build import Experiment
 from .callbacks import ThreadPolicy
 from .data.splits import static_input_shape
 from .memory import keep_freed_memory
-from .parallel import DataParallel, choose_workers
+from .parallel import choose_workers, gradients_for
 from .threads import TrainingProcesses
-from .train import batch_gradients, train_step
+from .train import train_step
 
 
 def peak_rss_mb() -> float:
@@ -79,20 +79,15 @@ def benchmark(exp: Experiment, batch_size: int | None = None, steps: int = 50, w
     xb, yb = x_u8[:batch], y[:batch]
     chunk = cfg.train.chunk_size or batch  # --batch-size sets the step's batch, chunked only if asked
     processes = TrainingProcesses()  # not registered: a benchmark shares the cores as a run would
-    workers = choose_workers(cfg.train.workers, cfg.train.threads, processes.count(),
-                             sum(layer.macs() for layer in model.layers), batch, chunk)
+    workers = choose_workers(cfg.train.workers, cfg.train.threads, processes.count(), model.macs(), batch, chunk)
     threads = ThreadPolicy(processes, cfg.train.threads, echo=lambda line: None, workers=workers,
                            optimizer=optimizer)
     threads.apply()
-    gradients = batch_gradients
-    if workers > 1:
-        gradients = DataParallel(model, loss, workers, batch, lambda: threads.each, lambda: threads.threads)
     try:
-        result = _measure(cfg, model, loss, optimizer, penalty, preprocess, x_u8, xb, yb, lr, steps, warmup,
-                          profile, gradients, chunk)
+        with gradients_for(model, loss, workers, batch, threads) as gradients:
+            result = _measure(cfg, model, loss, optimizer, penalty, preprocess, x_u8, xb, yb, lr, steps, warmup,
+                              profile, gradients, chunk)
     finally:
-        if workers > 1:
-            gradients.close()
         threads.on_train_end(None)
     return {**result, "workers": workers, "blas_threads": threads.each}
 

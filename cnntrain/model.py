@@ -122,6 +122,10 @@ class Sequential:
                  "params": int(sum(p.size for p in layer.params.values())), "macs": int(layer.macs())}
                 for i, layer in enumerate(self.layers)]
 
+    def macs(self) -> int:
+        """Multiply-adds of one forward pass for one sample."""
+        return int(sum(layer.macs() for layer in self.layers))
+
     def num_params(self) -> int:
         return int(sum(p.size for p in self.named_params().values()))
 

@@ -18,8 +18,8 @@ One step, and why it equals the single-process step up to float32 rounding:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
-import math
 import mmap
 import os
 import pickle
@@ -27,15 +27,16 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 from multiprocessing.connection import Connection
 from pathlib import Path
 
 import numpy as np
 
 from .errors import RunError
+from .ipc import Reducer, layout, shared_block, views
 from .memory import keep_freed_memory
 from .threads import blas_threads, set_blas_threads
+from .train import batch_gradients
 
 # Below this many multiply-adds per training step (forward, for the whole batch) `workers: auto`
 # keeps one process: such a step takes about a millisecond, too short to pay for the hand-over
@@ -59,85 +60,12 @@ def choose_workers(requested, threads_requested: int | None, live: int, macs_per
     return max(1, min(threads, batch_size // 8))
 
 
-class Reducer:
-    """Sums per-channel statistics over the ranks, in rank order, identical on every rank.
-
-    Rank k > 0 writes its partial sum to its slot and writes one byte to its `up` pipe; rank 0
-    reads a byte from every up pipe, writes the sum into the result buffer of this call's parity
-    and writes a byte to every `down` pipe. Two result buffers let a fast rank start the next call
-    while a slow one still reads. A pipe read returns nothing when the other end's process has
-    died, so neither side can wait forever for a dead one; a worker that fails sends FAILED up.
-    """
-
-    FAILED = b"x"
-
-    def __init__(self, rank: int, slots: np.ndarray, results: np.ndarray, up, down, failed=None):
-        self.rank, self.slots, self.results, self.up, self.down = rank, slots, results, up, down
-        self.failed = failed or (lambda k: RunError(f"data parallel worker {k} stopped"))
-        self.parity = 0
-        self.batch = self.rows = 0  # rows of the whole batch and of this rank's share (set every step)
-
-    def total(self, count: int) -> int:
-        """A per-channel count over this rank's rows, for the whole batch."""
-        return count // self.rows * self.batch
-
-    def sum(self, local: np.ndarray) -> np.ndarray:
-        size = local.size
-        out = self.results[self.parity, :size]
-        self.parity ^= 1
-        if self.rank == 0:
-            for k in range(1, len(self.slots)):
-                if os.read(self.up[k], 1) != b"1":
-                    raise self.failed(k)
-            np.copyto(out, local.ravel())
-            for k in range(1, len(self.slots)):
-                out += self.slots[k, :size]
-            for k in range(1, len(self.slots)):
-                os.write(self.down[k], b"1")
-        else:
-            np.copyto(self.slots[self.rank, :size], local.ravel())
-            os.write(self.up[self.rank], b"1")
-            if os.read(self.down[self.rank], 1) != b"1":
-                raise SystemExit(0)  # rank 0 is gone
-        return out.astype(local.dtype, copy=True).reshape(local.shape)
-
-
-def shared_block(size: int) -> tuple[int, mmap.mmap]:
-    """(fd, mapping) of `size` bytes of shared memory that vanishes with its last user.
-
-    A file in /dev/shm (else, or when that is too small, the temp dir) unlinked at once: worker
-    processes map it through the inherited fd, and nothing is left behind however they end. The
-    space is allocated up front, so a full /dev/shm is an error here, not a SIGBUS mid-step.
-    """
-    size = max(size, 1)
-    for folder in ("/dev/shm", None):
-        if folder and not os.path.isdir(folder):
-            continue
-        fd, path = tempfile.mkstemp(prefix="cnntrain-", dir=folder)
-        os.unlink(path)
-        try:
-            os.posix_fallocate(fd, 0, size)
-            return fd, mmap.mmap(fd, size)
-        except OSError as exc:
-            os.close(fd)
-            error = exc
-    raise RunError(f"data parallel: cannot allocate {size / 2**20:.0f} MiB of shared memory ({error.strerror}); "
-                   "set train.workers: 1 to train in one process")
-
-
-def layout(specs: dict) -> tuple[dict, int]:
-    """Byte offsets of named (shape, dtype) arrays in one block, 64-byte aligned, and its size."""
-    offsets, size = {}, 0
-    for name, (shape, dtype) in specs.items():
-        offsets[name] = size
-        size += -(-math.prod(shape) * np.dtype(dtype).itemsize // 64) * 64
-    return offsets, size
-
-
-def views(block, specs: dict, offsets: dict) -> dict[str, np.ndarray]:
-    buf = np.frombuffer(block, dtype=np.uint8)
-    return {name: buf[offsets[name] : offsets[name] + math.prod(shape) * np.dtype(dtype).itemsize]
-            .view(dtype).reshape(shape) for name, (shape, dtype) in specs.items()}
+def gradients_for(model, loss, workers: int, batch_size: int, policy):
+    """What computes a run's batch gradients, as a context manager: train.batch_gradients in this
+    process, or a DataParallel of `workers` processes sharing the thread policy's threads."""
+    if workers < 2:
+        return contextlib.nullcontext(batch_gradients)
+    return DataParallel(model, loss, workers, batch_size, lambda: policy.each, lambda: policy.threads)
 
 
 def _share_gradients(model, loss, x, y, batch: int):
@@ -181,7 +109,8 @@ class DataParallel:
             raise ValueError(f"DataParallel needs 2 or more workers, got {workers}")
         self.model, self.loss, self.workers, self.batch_size, self.threads = model, loss, workers, batch_size, threads
         self.budget = budget or (lambda: workers)
-        self.procs, self.conns, self.fds = [], [], []
+        self.procs, self.conns = [], []
+        self.up, self.down = [None], [None]  # pipe ends to ranks 1.. (index = rank)
         self.arrays = None
 
     # --- lifecycle ---
@@ -194,11 +123,9 @@ class DataParallel:
                  "slots": ((W, width), dtype), "results": ((2, width), dtype)}
         specs.update({f"param/{k}": (p.shape, p.dtype) for k, p in params.items()})
         specs.update({f"grad{r}/{k}": (p.shape, p.dtype) for r in range(1, W) for k, p in params.items()})
-        offsets, size = layout(specs)
-        shm_fd, self.block = shared_block(size)
-        self.arrays = views(self.block, specs, offsets)
-        self.up, self.down = [None] * W, [None] * W
-        blob = pickle.dumps((self.model, self.loss, specs, offsets))
+        shm_fd, self.block = shared_block(layout(specs)[1])
+        self.arrays = views(self.block, specs)
+        blob = pickle.dumps((self.model, self.loss, specs))
         env = _worker_env(self.threads())
         try:
             for rank in range(1, W):
@@ -214,8 +141,8 @@ class DataParallel:
                 there.close()
                 conn = Connection(here.detach())
                 conn.send_bytes(blob)
-                self.up[rank], self.down[rank] = up_r, down_w
-                self.fds += [up_r, down_w]
+                self.up.append(up_r)
+                self.down.append(down_w)
                 self.procs.append(proc)
                 self.conns.append(conn)
         finally:
@@ -234,7 +161,7 @@ class DataParallel:
             except OSError:
                 pass
             conn.close()
-        for fd in self.fds:
+        for fd in self.up[1:] + self.down[1:]:
             os.close(fd)
         for proc in self.procs:
             try:
@@ -242,7 +169,7 @@ class DataParallel:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        self.procs, self.conns, self.fds, self.arrays = [], [], [], None
+        self.procs, self.conns, self.up, self.down, self.arrays = [], [], [None], [None], None
 
     def __enter__(self):
         return self
@@ -255,9 +182,9 @@ class DataParallel:
         conn, proc = self.conns[rank - 1], self.procs[rank - 1]
         try:
             if conn.poll(1.0):
-                message = conn.recv()
-                if isinstance(message, tuple) and message and message[0] == "error":
-                    return RunError(f"data parallel worker {rank} failed: {message[1]}")
+                _check_reply(rank, conn.recv())
+        except RunError as reported:
+            return reported
         except (EOFError, OSError):
             pass
         try:
@@ -272,14 +199,10 @@ class DataParallel:
             message = self.conns[rank - 1].recv()
         except (EOFError, OSError):
             raise self._failure(rank) from None
-        if isinstance(message, tuple) and message and message[0] == "error":
-            raise RunError(f"data parallel worker {rank} failed: {message[1]}")
-        return message
+        return _check_reply(rank, message)
 
     # --- one step ---
     def __call__(self, model, loss, x_u8, y, transform, chunk_size: int):
-        from .train import batch_gradients
-
         n = len(y)
         if (n < self.workers or n > min(chunk_size, self.batch_size) or model is not self.model
                 or (self.budget() or 1) < self.workers):
@@ -328,6 +251,13 @@ class DataParallel:
         return total, correct, grads
 
 
+def _check_reply(rank: int, message):
+    """A worker's reply to a step, or the RunError it reported instead."""
+    if isinstance(message, tuple) and message and message[0] == "error":
+        raise RunError(f"data parallel worker {rank} failed: {message[1]}")
+    return message
+
+
 def _worker_env(threads: int) -> dict:
     """The environment of a worker: this one, cnntrain importable, and its BLAS thread count set
     before NumPy loads (unless the user set one explicitly)."""
@@ -367,8 +297,8 @@ def _worker(rank: int, workers: int, shm_fd: int, up: int, down: int, conn_fd: i
         pass  # not Linux: the closed pipes end it instead
     keep_freed_memory()  # as rank 0 does: without it every step's arrays are fresh pages, faulted in anew
     conn = Connection(conn_fd)
-    model, loss, specs, offsets = pickle.loads(conn.recv_bytes())
-    arrays = views(mmap.mmap(shm_fd, 0), specs, offsets)
+    model, loss, specs = pickle.loads(conn.recv_bytes())
+    arrays = views(mmap.mmap(shm_fd, 0), specs)
     for i, layer in enumerate(model.layers):
         for key in layer.params:
             layer.params[key] = arrays[f"param/layers.{i}.{key}"]

@@ -20,12 +20,12 @@ from .data.splits import load_splits
 from .errors import ConfigError, RunError, RunInterrupted
 from .memory import keep_freed_memory
 from .monitor import Monitor
-from .parallel import DataParallel, choose_workers
+from .parallel import choose_workers, gradients_for
 from .runs import (atomic_write_text, json_number, load_checkpoint, make_run_dir, split_state, truncate_csv,
                    write_json)
 from .tensorboard import TensorBoardLogger, require_tensorboard
 from .threads import TrainingProcesses
-from .train import EPOCH_COLUMNS, STEP_COLUMNS, Diverged, Interrupted, TrainState, batch_gradients, evaluate, fit
+from .train import EPOCH_COLUMNS, STEP_COLUMNS, Diverged, Interrupted, TrainState, evaluate, fit
 
 
 def versions() -> dict:
@@ -165,9 +165,8 @@ def _train(exp: Experiment, run_dir: Path, setup: Setup, state: TrainState, echo
     step_columns = STEP_COLUMNS + (["momentum"] if setup.momentum else [])
     sharpness = cfg.train.track_sharpness
     epoch_columns = EPOCH_COLUMNS + (["sharpness"] if sharpness else [])
-    macs = sum(layer.macs() for layer in model.layers)
-    workers = choose_workers(cfg.train.workers, cfg.train.threads, processes.count(), macs, loader.batch_size,
-                             setup.chunk_size)
+    workers = choose_workers(cfg.train.workers, cfg.train.threads, processes.count(), model.macs(),
+                             loader.batch_size, setup.chunk_size)
     threads = ThreadPolicy(processes, cfg.train.threads, echo, workers=workers, optimizer=setup.optimizer)
     callbacks = [ProgressBar(cfg.train.epochs, bar=progress), CSVLogger(run_dir, step_columns, epoch_columns),
                  Checkpointer(run_dir, cfg.to_yaml(), model, setup.optimizer, splits.classes,
@@ -184,13 +183,11 @@ def _train(exp: Experiment, run_dir: Path, setup: Setup, state: TrainState, echo
     if es is not None:
         callbacks.append(EarlyStopping(Monitor(es.monitor or cfg.train.monitor, has_val, es.min_delta), es.patience))
     keep_freed_memory()
-    gradients = batch_gradients
     if workers > 1:
-        gradients = DataParallel(model, loss, workers, loader.batch_size, lambda: threads.each,
-                                 lambda: threads.threads)
         echo(f"data parallel: {workers} processes share each batch (train.workers: {cfg.train.workers})")
     try:
-        with stop_on_signals() as stop_requested:
+        with (gradients_for(model, loss, workers, loader.batch_size, threads) as gradients,
+              stop_on_signals() as stop_requested):
             state = fit(model, loss, setup.optimizer, setup.schedule, loader, splits.val, cfg.train.epochs, callbacks,
                         state, eval_batch_size=cfg.train.eval_batch_size, penalty=setup.penalty,
                         momentum=setup.momentum, chunk_size=setup.chunk_size,
@@ -206,9 +203,6 @@ def _train(exp: Experiment, run_dir: Path, setup: Setup, state: TrainState, echo
     except BaseException:
         write_json(run_dir / "summary.json", {**summary, "status": "failed"})
         raise
-    finally:
-        if workers > 1:
-            gradients.close()
 
     progress_fields = {"epochs": state.epoch, "steps": state.step, "stopped_early": state.stopped_early,
                        "best_monitor_value": json_number(state.best_value), "best_epoch": state.best_epoch,

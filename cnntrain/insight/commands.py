@@ -114,7 +114,7 @@ def lr_find(config, overrides, start, end, steps, as_json, out):
     and warns when they are more than 10x apart. Writes only the figure: no run, the config unchanged.
     """
     from ..build import load_experiment
-    from .figures import plot_lr_find
+    from .plots import plot_lr_find
     from .lr_find import disagreement_warning
     from .lr_find import lr_find as range_test
 
@@ -172,7 +172,7 @@ def landscape(run_dir, mode, points, span, limit, seed, as_json, out):
     """
     from pathlib import Path
 
-    from .figures import plot_landscape
+    from .plots import plot_landscape
     from .landscape import landscape as measure
 
     r = measure(run_dir, mode, points, span, limit, seed, log=lambda line: click.echo(line, err=True))

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import RunError
-from .ipc import Reducer, layout, shared_block, views
+from .ipc import Reducer, layout, shared_block, spin_until_readable, views
 from .memory import keep_freed_memory
 from .threads import blas_threads, set_blas_threads
 from .train import batch_gradients
@@ -195,6 +195,7 @@ class DataParallel:
                         "set train.workers: 1 to train in one process")
 
     def _reply(self, rank: int):
+        spin_until_readable(self.conns[rank - 1].fileno())
         try:
             message = self.conns[rank - 1].recv()
         except (EOFError, OSError):
@@ -307,6 +308,7 @@ def _worker(rank: int, workers: int, shm_fd: int, up: int, down: int, conn_fd: i
     reducer = Reducer(rank, arrays["slots"], arrays["results"], ups, downs)
     current = None
     while True:
+        spin_until_readable(conn_fd)  # the next step comes within a few ms of the last in a running epoch
         try:
             message = conn.recv()
         except (EOFError, OSError):

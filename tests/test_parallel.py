@@ -305,3 +305,26 @@ def _pgid(proc: Path) -> int | None:
         return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[2])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def test_the_brief_busy_wait_returns_on_a_byte_a_closed_end_or_its_time_limit():
+    from cnntrain.ipc import spin_until_readable
+
+    r, w = os.pipe()
+    try:
+        started = time.perf_counter()
+        spin_until_readable(r, seconds=0.05)  # nothing to read: gives up after its limit
+        assert 0.05 <= time.perf_counter() - started < 1
+        os.write(w, b"1")
+        started = time.perf_counter()
+        spin_until_readable(r, seconds=5)
+        assert time.perf_counter() - started < 1 and os.read(r, 1) == b"1"
+        os.close(w)
+        w = None
+        started = time.perf_counter()
+        spin_until_readable(r, seconds=5)  # the other end closed: a read would return at once
+        assert time.perf_counter() - started < 1 and os.read(r, 1) == b""
+    finally:
+        os.close(r)
+        if w is not None:
+            os.close(w)

@@ -154,13 +154,19 @@ class GlobalAvgPool2D(Layer):
         check_shape(x, self.in_shape, self)
         if training:
             self._cache = True
-        return x.mean(axis=(2, 3))
+        N, (C, H, W) = len(x), self.in_shape
+        # channels-last memory (a conv's or batchnorm's output): the mean over pixels as a vector-matrix
+        # product reads each image's (H*W, C) block once, 4x faster than mean(axis=(2, 3)) here
+        sums = np.ones(H * W, dtype=x.dtype) @ nhwc(x).reshape(N, H * W, C)
+        return sums / x.dtype.type(H * W)
 
     def backward(self, dy):
         self._pop_cache()
         _, H, W = self.in_shape
         dyw = dy * dy.dtype.type(1 / (H * W))
-        return np.broadcast_to(dyw[:, :, None, None], (*dy.shape, H, W)).copy()
+        # channels-last, like the input: the ReLU or batchnorm before it multiplies it with arrays laid
+        # out that way, and mixing the two layouts made that product 7x slower
+        return nchw(np.broadcast_to(dyw[:, None, None, :], (len(dy), H, W, dy.shape[1])).copy())
 
     def macs(self):
         """One add per input element."""

@@ -84,7 +84,7 @@ def benchmark(exp: Experiment, batch_size: int | None = None, steps: int = 50, w
                            optimizer=optimizer)
     threads.apply()
     try:
-        with gradients_for(model, loss, workers, batch, threads) as gradients:
+        with gradients_for(model, loss, workers, batch, chunk, threads) as gradients:
             result = _measure(cfg, model, loss, optimizer, penalty, preprocess, x_u8, xb, yb, lr, steps, warmup,
                               profile, gradients, chunk)
     finally:

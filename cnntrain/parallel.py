@@ -14,6 +14,9 @@ One step, and why it equals the single-process step up to float32 rounding:
   the batch gradient is the plain sum of the ranks' gradients, taken in rank order;
 - batchnorm uses the statistics of the whole batch (synchronised like PyTorch's SyncBatchNorm):
   the per-channel sums it needs are summed over the ranks in rank order (`Reducer`).
+A step chunked for memory (train.chunk_size, full-batch descent) is one such split step per
+chunk, accumulated as train.accumulate_chunks does in one process: each chunk's batchnorm
+statistics and dropout seeds are the chunk's, as they are there.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from .errors import RunError
 from .ipc import Reducer, layout, shared_block, spin_until_readable, views
 from .memory import keep_freed_memory
 from .threads import blas_threads, set_blas_threads
-from .train import batch_gradients
+from .train import accumulate_chunks, batch_gradients
 
 # Below this many multiply-adds per training step (forward, for the whole batch) `workers: auto`
 # keeps one process: such a step takes about a millisecond, too short to pay for the hand-over
@@ -47,7 +50,7 @@ def choose_workers(requested, threads_requested: int | None, live: int, macs_per
                    chunk_size: int) -> int:
     """train.workers as a number: itself, or for `auto` one process per BLAS thread this run may
     use (train.threads, an explicit OMP_NUM_THREADS-style variable, else cores // live runs), when
-    a step is big enough to pay for the hand-over and is not split into chunks anyway."""
+    one forward pass (the batch, or a chunk of it) is big enough to pay for the hand-over."""
     from .threads import choose, explicit_threads
 
     if requested != "auto":
@@ -55,17 +58,19 @@ def choose_workers(requested, threads_requested: int | None, live: int, macs_per
     threads, _ = choose(threads_requested, live)
     if threads is None:  # the environment decides
         threads = explicit_threads()
-    if threads < 2 or batch_size > chunk_size or macs_per_sample * batch_size < MIN_AUTO_MACS:
+    rows = min(batch_size, chunk_size)
+    if threads < 2 or macs_per_sample * rows < MIN_AUTO_MACS:
         return 1
-    return max(1, min(threads, batch_size // 8))
+    return max(1, min(threads, rows // 8))
 
 
-def gradients_for(model, loss, workers: int, batch_size: int, policy):
+def gradients_for(model, loss, workers: int, batch_size: int, chunk_size: int, policy):
     """What computes a run's batch gradients, as a context manager: train.batch_gradients in this
     process, or a DataParallel of `workers` processes sharing the thread policy's threads."""
     if workers < 2:
         return contextlib.nullcontext(batch_gradients)
-    return DataParallel(model, loss, workers, batch_size, lambda: policy.each, lambda: policy.threads)
+    return DataParallel(model, loss, workers, min(batch_size, chunk_size), lambda: policy.each,
+                        lambda: policy.threads)
 
 
 def _share_gradients(model, loss, x, y, batch: int):
@@ -94,20 +99,21 @@ class DataParallel:
     """Batch gradients computed by `workers` processes; the same call as train.batch_gradients.
 
     Worker processes start at the first step (a run that never steps never starts one) and stop
-    at close(). A batch that cannot be split (fewer rows than workers, or more than chunk_size)
+    at close(). A pass that cannot be split (fewer rows than workers, or more than `rows`)
     runs here alone, with the same result up to rounding (the masks are counter-based and the
     batch's statistics are the batch's either way), and so do all steps while other runs leave
     this one fewer cores than workers. Workers are `python -m cnntrain.parallel`
     processes, so nothing depends on how the caller's own program was started.
     """
 
-    def __init__(self, model, loss, workers: int, batch_size: int, threads=lambda: 1, budget=None):
-        """threads() gives each process's BLAS threads for the next step (ThreadPolicy.each); budget()
-        the run's share of the cores (ThreadPolicy.threads): while it is below `workers`, because
-        other runs started, steps run in this process alone and the workers wait."""
+    def __init__(self, model, loss, workers: int, rows: int, threads=lambda: 1, budget=None):
+        """rows: the most rows of one forward pass (the batch size, or the chunk size when steps are
+        chunked). threads() gives each process's BLAS threads for the next step (ThreadPolicy.each);
+        budget() the run's share of the cores (ThreadPolicy.threads): while it is below `workers`,
+        because other runs started, steps run in this process alone and the workers wait."""
         if workers < 2:
             raise ValueError(f"DataParallel needs 2 or more workers, got {workers}")
-        self.model, self.loss, self.workers, self.batch_size, self.threads = model, loss, workers, batch_size, threads
+        self.model, self.loss, self.workers, self.rows, self.threads = model, loss, workers, rows, threads
         self.budget = budget or (lambda: workers)
         self.procs, self.conns = [], []
         self.up, self.down = [None], [None]  # pipe ends to ranks 1.. (index = rank)
@@ -115,7 +121,7 @@ class DataParallel:
 
     # --- lifecycle ---
     def _start(self, x: np.ndarray, y: np.ndarray) -> None:
-        B, W = self.batch_size, self.workers
+        B, W = self.rows, self.workers
         params = self.model.named_params()
         dtype = next(iter(params.values())).dtype if params else x.dtype
         width = 2 * max([layer.in_shape[0] for layer in _batchnorms(self.model)] or [1])
@@ -204,10 +210,16 @@ class DataParallel:
 
     # --- one step ---
     def __call__(self, model, loss, x_u8, y, transform, chunk_size: int):
-        n = len(y)
-        if (n < self.workers or n > min(chunk_size, self.batch_size) or model is not self.model
-                or (self.budget() or 1) < self.workers):
+        if model is not self.model or (self.budget() or 1) < self.workers:
             return batch_gradients(model, loss, x_u8, y, transform, chunk_size)
+        return accumulate_chunks(len(y), chunk_size,
+                                 lambda start, stop: self._pass(model, loss, x_u8[start:stop], y[start:stop], transform))
+
+    def _pass(self, model, loss, x_u8, y, transform):
+        """One forward and backward pass (a batch, or a chunk of one) split over the processes."""
+        n = len(y)
+        if n < self.workers or n > self.rows:
+            return batch_gradients(model, loss, x_u8, y, transform, n)
         x = transform(x_u8)
         if self.arrays is None:
             self._start(x, y)

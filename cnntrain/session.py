@@ -186,7 +186,7 @@ def _train(exp: Experiment, run_dir: Path, setup: Setup, state: TrainState, echo
     if workers > 1:
         echo(f"data parallel: {workers} processes share each batch (train.workers: {cfg.train.workers})")
     try:
-        with (gradients_for(model, loss, workers, loader.batch_size, threads) as gradients,
+        with (gradients_for(model, loss, workers, loader.batch_size, setup.chunk_size, threads) as gradients,
               stop_on_signals() as stop_requested):
             state = fit(model, loss, setup.optimizer, setup.schedule, loader, splits.val, cfg.train.epochs, callbacks,
                         state, eval_batch_size=cfg.train.eval_batch_size, penalty=setup.penalty,

@@ -100,27 +100,40 @@ def global_norm(grads: dict[str, np.ndarray]) -> float:
 def batch_gradients(model, loss, x_u8, y, transform, chunk_size: int):
     """(mean data loss, correct predictions, gradients) of one batch, in this process.
 
-    A batch larger than chunk_size is run chunk by chunk with gradients accumulated,
-    weighted by chunk length, so the step uses the exact mean gradient of the whole
-    batch while memory stays bounded (full-batch gradient descent). parallel.DataParallel
-    is the same call with the batch split over processes.
+    A batch larger than chunk_size is run chunk by chunk (accumulate_chunks), so memory stays
+    bounded (full-batch gradient descent). parallel.DataParallel is the same call with each
+    chunk split over processes.
     """
-    n = len(y)
-    grads, total, correct = None, 0.0, 0
-    for start in range(0, n, chunk_size):
-        yb = y[start : start + chunk_size]
-        out = model.forward(transform(x_u8[start : start + chunk_size]), training=True)
+    def one_pass(start: int, stop: int):
+        yb = y[start:stop]
+        out = model.forward(transform(x_u8[start:stop]), training=True)
         chunk_loss = loss.forward(out, yb)
         model.backward(loss.backward())
-        correct += int((loss.predict(out) == yb).sum())
-        if chunk_size >= n:
-            return chunk_loss, correct, model.named_grads()
-        w = len(yb) / n
+        return chunk_loss, int((loss.predict(out) == yb).sum()), model.named_grads()
+
+    return accumulate_chunks(len(y), chunk_size, one_pass)
+
+
+def accumulate_chunks(n: int, chunk_size: int, one_pass):
+    """(mean loss, correct, gradients) of n rows from one_pass(start, stop) over chunks of chunk_size.
+
+    Each chunk is a forward and backward of its own (batchnorm takes the chunk's statistics);
+    losses and gradients are accumulated in chunk order, weighted by chunk length, so the step
+    uses the exact mean gradient of the whole batch. One chunk returns one_pass's own gradients.
+    """
+    if chunk_size >= n:
+        return one_pass(0, n)
+    grads, total, correct = None, 0.0, 0
+    for start in range(0, n, chunk_size):
+        stop = min(n, start + chunk_size)
+        chunk_loss, chunk_correct, chunk_grads = one_pass(start, stop)
+        w = (stop - start) / n
         total += chunk_loss * w
+        correct += chunk_correct
         if grads is None:
-            grads = {k: g * g.dtype.type(w) for k, g in model.named_grads().items()}
+            grads = {k: g * g.dtype.type(w) for k, g in chunk_grads.items()}
         else:
-            for k, g in model.named_grads().items():
+            for k, g in chunk_grads.items():
                 grads[k] += g * g.dtype.type(w)
     return total, correct, grads
 

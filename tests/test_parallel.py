@@ -56,7 +56,7 @@ def test_shares_give_the_one_process_gradients_statistics_and_masks(workers, n):
     serial, parallel = network(), network()
     x, y = batch(n)
     want_loss, want_correct, want = batch_gradients(serial, loss, x, y, same, n)
-    with DataParallel(parallel, loss, workers, batch_size=n) as dp:
+    with DataParallel(parallel, loss, workers, rows=n) as dp:
         got_loss, got_correct, got = dp(parallel, loss, x, y, same, n)
         assert len(dp.procs) == workers - 1
     assert got_loss == pytest.approx(want_loss, rel=1e-12)
@@ -74,7 +74,7 @@ def test_training_steps_follow_the_one_process_steps_and_workers_see_each_update
     loss = LOSSES.create("softmax_cross_entropy")
     serial, parallel = network(), network()
     opt_s, opt_p = (OPTIMIZERS.create("adam", {"lr": 0.01}) for _ in range(2))
-    with DataParallel(parallel, loss, 2, batch_size=12) as dp:
+    with DataParallel(parallel, loss, 2, rows=12) as dp:
         for step in range(6):
             x, y = batch(12, seed=step)
             a = train_step(serial, loss, opt_s, x, y, same, 0.01, 12)
@@ -89,7 +89,7 @@ def test_float32_matches_to_float32_rounding():
     serial, parallel = network(dtype=np.float32), network(dtype=np.float32)
     x, y = batch(32, np.float32)
     _, _, want = batch_gradients(serial, loss, x, y, same, 32)
-    with DataParallel(parallel, loss, 2, batch_size=32) as dp:
+    with DataParallel(parallel, loss, 2, rows=32) as dp:
         _, _, got = dp(parallel, loss, x, y, same, 32)
     for key in want:
         assert got[key].dtype == np.float32
@@ -99,15 +99,38 @@ def test_float32_matches_to_float32_rounding():
 def test_batches_it_cannot_split_run_in_this_process():
     loss = LOSSES.create("softmax_cross_entropy")
     model = network()
-    with DataParallel(model, loss, 3, batch_size=8) as dp:
+    with DataParallel(model, loss, 3, rows=8) as dp:
         x, y = batch(2)  # fewer rows than workers
         dp(model, loss, x, y, same, 8)
-        x, y = batch(8)
-        dp(model, loss, x, y, same, 4)  # chunked: the chunks run here, one after another
+        x, y = batch(12)
+        dp(model, loss, x, y, same, 12)  # more rows in one pass than the shared memory holds
         assert dp.procs == []
         dp(model, loss, x, y, same, 8)
         assert len(dp.procs) == 2
     assert dp.procs == []
+
+
+@pytest.mark.parametrize("workers,n,chunk", [(2, 20, 8), (3, 14, 6)])
+def test_chunked_steps_split_every_chunk_and_match_the_one_process_chunks(workers, n, chunk):
+    # (2, 20, 8): chunks of 8, 8 and 4 rows; (3, 14, 6): the last chunk has 2 rows, fewer than
+    # the workers, and runs in this process. Each chunk keeps its own batchnorm statistics and
+    # dropout seeds, and the running statistics follow the chunks in order, as in one process.
+    loss = LOSSES.create("softmax_cross_entropy")
+    serial, parallel = network(), network()
+    opt_s, opt_p = (OPTIMIZERS.create("adam", {"lr": 0.01}) for _ in range(2))
+    with DataParallel(parallel, loss, workers, rows=chunk) as dp:
+        for step in range(3):
+            x, y = batch(n, seed=step)
+            a = train_step(serial, loss, opt_s, x, y, same, 0.01, chunk)
+            b = train_step(parallel, loss, opt_p, x, y, same, 0.01, chunk, gradients=dp)
+            assert b[0] == pytest.approx(a[0], rel=1e-10)
+            assert b[1] == a[1]
+        assert len(dp.procs) == workers - 1
+    for key, p in serial.named_params().items():
+        np.testing.assert_allclose(parallel.named_params()[key], p, rtol=1e-9, atol=1e-12, err_msg=key)
+    for key, buf in serial.named_buffers().items():
+        np.testing.assert_allclose(parallel.named_buffers()[key], buf, rtol=1e-12, err_msg=key)
+    assert parallel.rng.bit_generator.state == serial.rng.bit_generator.state
 
 
 def test_steps_run_in_this_process_while_other_runs_leave_fewer_cores_than_workers():
@@ -115,7 +138,7 @@ def test_steps_run_in_this_process_while_other_runs_leave_fewer_cores_than_worke
     serial, parallel = network(), network()
     budget = [1]
     x, y = batch(8)
-    with DataParallel(parallel, loss, 2, batch_size=8, budget=lambda: budget[0]) as dp:
+    with DataParallel(parallel, loss, 2, rows=8, budget=lambda: budget[0]) as dp:
         _, _, got = dp(parallel, loss, x, y, same, 8)
         assert dp.procs == []
         _, _, want = batch_gradients(serial, loss, x, y, same, 8)
@@ -131,7 +154,7 @@ def test_a_worker_that_fails_is_a_run_error_with_its_message():
     model = network()
     x, y = batch(8)
     y[6] = 9  # a label only worker 1's rows hold, past the 5 outputs
-    with DataParallel(model, loss, 2, batch_size=8) as dp:
+    with DataParallel(model, loss, 2, rows=8) as dp:
         with pytest.raises(RunError, match="data parallel worker 1 failed: .*"):
             dp(model, loss, x, y, same, 8)
         assert dp.procs == [], "a failed step stops the workers"
@@ -144,7 +167,7 @@ def test_a_worker_that_dies_is_a_run_error_not_a_hang(layers):
     loss = LOSSES.create("softmax_cross_entropy")
     model = network(layers)
     x, y = batch(8)
-    with DataParallel(model, loss, 2, batch_size=8) as dp:
+    with DataParallel(model, loss, 2, rows=8) as dp:
         dp(model, loss, x, y, same, 8)
         dp.procs[0].kill()
         dp.procs[0].wait()
@@ -164,7 +187,7 @@ from cnntrain.parallel import DataParallel
 from cnntrain.registry import LOSSES, OPTIMIZERS
 loss = LOSSES.create("softmax_cross_entropy")
 model = network()
-dp = DataParallel(model, loss, 3, batch_size=8)
+dp = DataParallel(model, loss, 3, rows=8)
 x, y = batch(8)
 dp(model, loss, x, y, same, 8)
 print(" ".join(str(p.pid) for p in dp.procs), flush=True)
@@ -203,7 +226,8 @@ def test_auto_uses_a_process_per_blas_thread_only_for_steps_worth_it(monkeypatch
     assert choose_workers("auto", None, 4, big, 64, 64) == 1
     assert choose_workers("auto", 2, 1, big, 64, 64) == 2, "train.threads"
     assert choose_workers("auto", None, 1, big // 4, 64, 64) == 1, "too little work per step"
-    assert choose_workers("auto", None, 1, big, 64, 32) == 1, "a chunked step runs its chunks in one process"
+    assert choose_workers("auto", None, 1, 2 * big, 64, 32) == 4, "a chunked step splits each chunk"
+    assert choose_workers("auto", None, 1, big, 64, 32) == 1, "too little work per chunk"
     assert choose_workers("auto", None, 1, 10**9, 16, 16) == 2, "at least 8 rows per process"
     assert choose_workers(3, None, 4, 1, 64, 64) == 3, "a number is taken as it is"
     monkeypatch.setenv("OMP_NUM_THREADS", "1")

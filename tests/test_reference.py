@@ -164,12 +164,20 @@ CONV_CASES = [
     (5, 9, 9, 2, (2, 3), 1, 1, 2),
     (7, 5, 5, 3, 1, 2, "same", 1),
     (6, 7, 8, 2, 3, 3, ((1, 2), (0, 1)), 2),
+    # stride 1 with padding: dx as the convolution of dy with the flipped kernel, also where the
+    # padding outgrows the kernel (3 > 2) or is uneven, one-sided and dilated
+    (3, 6, 5, 2, 3, 1, 3, 1),
+    (6, 6, 7, 3, (3, 2), 1, ((0, 2), (3, 0)), (1, 2)),
 ]
 
 
-def test_both_im2col_paths_are_covered():
+
+def test_both_im2col_paths_and_both_input_gradients_are_covered():
     channels = {case[0] for case in CONV_CASES}
     assert min(channels) <= channels_last.FEW_CHANNELS < max(channels)
+    stride_one = [case for case in CONV_CASES if case[5] == 1]
+    assert any(case[6] not in ("valid", 0) for case in stride_one)  # conv_input_grad_flipped_nhwc
+    assert any(case[6] == "valid" or case[5] != 1 for case in CONV_CASES)  # conv_input_grad_nhwc
 
 
 def check_conv(layer, x, rng, what):
@@ -185,8 +193,12 @@ def check_conv(layer, x, rng, what):
         assert_close(layer.grads["b"], db_ref, f"{what} db")
 
 
+@pytest.mark.parametrize("flipped_min", [1, 10**9], ids=["flipped-dx", "per-offset-dx"])
 @pytest.mark.parametrize("C,H,W,F,kernel,stride,padding,dilation", CONV_CASES)
-def test_conv_matches_reference(C, H, W, F, kernel, stride, padding, dilation):
+def test_conv_matches_reference(monkeypatch, C, H, W, F, kernel, stride, padding, dilation, flipped_min):
+    # the cases are small: FLIPPED_MIN_CHANNELS 1 sends every padded stride-1 case to the
+    # flipped-kernel input gradient, 10**9 none
+    monkeypatch.setattr("cnntrain.layers.conv.FLIPPED_MIN_CHANNELS", flipped_min)
     rng = np.random.default_rng(0)
     layer, out_shape = make("conv2d", {"filters": F, "kernel_size": kernel, "stride": stride,
                                        "padding": padding, "dilation": dilation}, (C, H, W), rng)

@@ -6,7 +6,8 @@ import numpy as np
 
 from ..init import make_init
 from ..registry import LAYERS
-from .channels_last import column_sums, conv_forward_nhwc, conv_input_grad_nhwc, nchw, nhwc, pad_nhwc
+from .channels_last import (column_sums, conv_forward_nhwc, conv_input_grad_flipped_nhwc, conv_input_grad_nhwc, nchw,
+                             nhwc, pad_nhwc)
 from .geometry import out_size, resolve_padding
 from .base import Layer, check_shape, pair
 
@@ -15,6 +16,13 @@ def positive_int(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name}: must be an integer >= 1, got {value!r}")
     return int(value)
+
+
+# A padded stride-1 conv with at least this many input channels takes its input gradient as one
+# convolution of dy (conv_input_grad_flipped_nhwc): its product is then wide enough to win.
+# Whole training steps of one 32-image share, alternating: cifar10_cnn 1-10% faster in six
+# runs; mnist_bn_dropout (16 channels) 3.5% slower with it, so it keeps the per-offset products.
+FLIPPED_MIN_CHANNELS = 32
 
 
 @LAYERS.register("conv2d")
@@ -90,9 +98,12 @@ class Conv2D(Layer):
     def backward(self, dy):
         dym, W, padded_shape = self.backward_params(dy)
         F, OH, OW = self.out_shape
+        (t, b), (l, r) = self.pads
+        C, H, Wd = self.in_shape
+        if self.stride == (1, 1) and (t or b or l or r) and C >= FLIPPED_MIN_CHANNELS:
+            return nchw(conv_input_grad_flipped_nhwc(dym, W, (len(dym) // (OH * OW), H, Wd, C), self.pads,
+                                                     self.kernel_size, self.dilation, (OH, OW)))
         dxp = conv_input_grad_nhwc(dym, W, padded_shape, self.kernel_size, self.stride, self.dilation, (OH, OW))
-        (t, _), (l, _) = self.pads
-        H, Wd = self.in_shape[1:]
         return nchw(dxp[:, t : t + H, l : l + Wd])
 
     def backward_params(self, dy):

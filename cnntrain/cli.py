@@ -238,6 +238,9 @@ for command in (summary, schedule, bench, preview):
 
 
 def main():
+    from .threads import quiet_idle_blas_threads
+
+    quiet_idle_blas_threads()  # before NumPy loads OpenBLAS
     cli(prog_name="cnntrain")
 
 

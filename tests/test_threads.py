@@ -106,3 +106,21 @@ def test_an_explicit_environment_variable_wins(tmp_path, monkeypatch, no_thread_
 def test_train_threads_must_be_positive(tmp_path, small_run_config):
     result = CliRunner().invoke(cli, ["run", str(small_run_config), "--set", "train.threads=0", "--print-config"])
     assert result.exit_code == 2 and "train.threads: must be >= 1, got 0" in result.output
+
+
+def test_the_cli_lets_idle_openblas_threads_sleep_unless_the_user_chose(monkeypatch):
+    from cnntrain.cli import main
+
+    monkeypatch.delenv("OPENBLAS_THREAD_TIMEOUT", raising=False)
+    monkeypatch.setattr(sys, "argv", ["cnntrain", "--version"])
+    with pytest.raises(SystemExit) as done:
+        main()
+    assert done.value.code == 0
+    assert os.environ["OPENBLAS_THREAD_TIMEOUT"] == "4"
+    monkeypatch.setenv("OPENBLAS_THREAD_TIMEOUT", "20")
+    threads.quiet_idle_blas_threads()
+    assert os.environ["OPENBLAS_THREAD_TIMEOUT"] == "20", "the user's own setting stays"
+    # the CLI module loads no NumPy, so the setting is in place when a command first imports it
+    out = subprocess.run([sys.executable, "-c", "import sys, cnntrain.cli; print('numpy' in sys.modules)"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -199,6 +199,10 @@ def worker_main(args) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
+    elif args.framework == "cnntrain":  # the environment `cnntrain run` gives itself before NumPy loads
+        from cnntrain.threads import quiet_idle_blas_threads
+
+        quiet_idle_blas_threads()
     result = run_worker(args.framework, json.loads(args.spec), args.data, args.steps, args.warmup)
     print(json.dumps(result))
 

@@ -176,8 +176,21 @@ def test_both_im2col_paths_and_both_input_gradients_are_covered():
     channels = {case[0] for case in CONV_CASES}
     assert min(channels) <= channels_last.FEW_CHANNELS < max(channels)
     stride_one = [case for case in CONV_CASES if case[5] == 1]
-    assert any(case[6] not in ("valid", 0) for case in stride_one)  # conv_input_grad_flipped_nhwc
-    assert any(case[6] == "valid" or case[5] != 1 for case in CONV_CASES)  # conv_input_grad_nhwc
+    assert any(case[6] not in ("valid", 0) for case in stride_one) and any(case[6] == "valid" for case in stride_one)
+
+
+def test_each_conv_takes_the_input_gradient_kernel_measured_fastest_for_it():
+    from cnntrain.layers.conv import input_grad_method
+
+    rng = np.random.default_rng(0)
+    for kwargs, shape, want in [({"kernel_size": 3, "padding": "same"}, (32, 8, 8), "flipped"),
+                                ({"kernel_size": 3}, (32, 8, 8), "offsets"),
+                                ({"kernel_size": 5}, (6, 14, 14), "shifts"),
+                                ({"kernel_size": 3, "padding": "same"}, (8, 8, 8), "shifts"),
+                                ({"kernel_size": 3, "padding": "same"}, (16, 8, 8), "offsets"),
+                                ({"kernel_size": 3, "stride": 2, "padding": "same"}, (8, 8, 8), "offsets")]:
+        layer, _ = make("conv2d", {"filters": 4, **kwargs}, shape, rng)
+        assert input_grad_method(layer) == want, (kwargs, shape)
 
 
 def check_conv(layer, x, rng, what):
@@ -193,12 +206,12 @@ def check_conv(layer, x, rng, what):
         assert_close(layer.grads["b"], db_ref, f"{what} db")
 
 
-@pytest.mark.parametrize("flipped_min", [1, 10**9], ids=["flipped-dx", "per-offset-dx"])
+@pytest.mark.parametrize("method", ["flipped", "shifts", "offsets"])
 @pytest.mark.parametrize("C,H,W,F,kernel,stride,padding,dilation", CONV_CASES)
-def test_conv_matches_reference(monkeypatch, C, H, W, F, kernel, stride, padding, dilation, flipped_min):
-    # the cases are small: FLIPPED_MIN_CHANNELS 1 sends every padded stride-1 case to the
-    # flipped-kernel input gradient, 10**9 none
-    monkeypatch.setattr("cnntrain.layers.conv.FLIPPED_MIN_CHANNELS", flipped_min)
+def test_conv_matches_reference(monkeypatch, C, H, W, F, kernel, stride, padding, dilation, method):
+    # every stride-1 case through each input-gradient kernel, whichever one the layer would choose
+    monkeypatch.setattr("cnntrain.layers.conv.input_grad_method",
+                        lambda layer: method if layer.stride == (1, 1) else "offsets")
     rng = np.random.default_rng(0)
     layer, out_shape = make("conv2d", {"filters": F, "kernel_size": kernel, "stride": stride,
                                        "padding": padding, "dilation": dilation}, (C, H, W), rng)

@@ -194,3 +194,31 @@ def conv_input_grad_flipped_nhwc(dym: np.ndarray, W: np.ndarray, in_shape, pads,
     flipped = np.ascontiguousarray(flipped).reshape(KH * KW * F, C)
     dx, _ = conv_forward_nhwc(dyp, flipped, kernel, (1, 1), dilation, (H, Wd), keep=False)
     return dx.reshape(N, H, Wd, C)
+
+
+def conv_input_grad_shifts_nhwc(dym: np.ndarray, W: np.ndarray, padded_shape, pads, kernel, dilation,
+                                out_hw) -> np.ndarray:
+    """Gradient of the unpadded (N, H, W, C) input of a stride-1 conv with few channels.
+
+    Channels first and every image on the padded input's own grid: dy goes into an (F, N, Hp, Wp)
+    array of zeros, one product W (KH*KW*C, F) @ dy gives every kernel offset's contribution at
+    once, and offset (i, j) is then the same (C, N*Hp*Wp) rows moved i*Wp + j places, so each
+    add is C long runs instead of an (N, OH, OW, C) window with short ones. A shift never carries
+    a value into the next image: only dy's zero rows and columns cross. With C < 16 it beat
+    conv_input_grad_nhwc by 15-30% (lenet5's 6-channel 5x5 conv: 1.59 -> 1.10 ms a share).
+    """
+    N, Hp, Wp, C = padded_shape
+    (KH, KW), (dh, dw), (OH, OW) = kernel, dilation, out_hw
+    F = dym.shape[1]
+    size = N * Hp * Wp
+    grid = np.zeros((F, N, Hp, Wp), dtype=dym.dtype)
+    grid[:, :, :OH, :OW] = dym.T.reshape(F, N, OH, OW)
+    parts = (W @ grid.reshape(F, size)).reshape(KH * KW, C, size)
+    dxt = np.zeros((C, size), dtype=dym.dtype)
+    for o in range(KH * KW):
+        i, j = divmod(o, KW)
+        shift = i * dh * Wp + j * dw
+        dxt[:, shift:] += parts[o, :, : size - shift]
+    (t, b), (l, r) = pads
+    inner = dxt.reshape(C, N, Hp, Wp)[:, :, t : Hp - b, l : Wp - r]
+    return np.ascontiguousarray(inner.transpose(1, 2, 3, 0))  # channels-last, as every layer here expects

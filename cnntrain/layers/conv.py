@@ -6,8 +6,8 @@ import numpy as np
 
 from ..init import make_init
 from ..registry import LAYERS
-from .channels_last import (column_sums, conv_forward_nhwc, conv_input_grad_flipped_nhwc, conv_input_grad_nhwc, nchw,
-                             nhwc, pad_nhwc)
+from .channels_last import (column_sums, conv_forward_nhwc, conv_input_grad_flipped_nhwc, conv_input_grad_nhwc,
+                             conv_input_grad_shifts_nhwc, nchw, nhwc, pad_nhwc)
 from .geometry import out_size, resolve_padding
 from .base import Layer, check_shape, pair
 
@@ -21,8 +21,27 @@ def positive_int(value, name: str) -> int:
 # A padded stride-1 conv with at least this many input channels takes its input gradient as one
 # convolution of dy (conv_input_grad_flipped_nhwc): its product is then wide enough to win.
 # Whole training steps of one 32-image share, alternating: cifar10_cnn 1-10% faster in six
-# runs; mnist_bn_dropout (16 channels) 3.5% slower with it, so it keeps the per-offset products.
+# runs; mnist_bn_dropout (16 channels) 3.5% slower with it. Stride-1 convs with fewer than
+# SHIFTS_BELOW_CHANNELS shift whole channel rows instead (conv_input_grad_shifts_nhwc): lenet5's
+# shares 6% faster (6 channels), small's 2.5% (8); mnist_bn_dropout's (16) 1-2% slower.
 FLIPPED_MIN_CHANNELS = 32
+SHIFTS_BELOW_CHANNELS = 16
+
+
+def input_grad_method(layer) -> str:
+    """Which kernel computes a conv's input gradient; each is tested against the reference loops.
+
+    "flipped" (padded, stride 1, 32+ channels), "shifts" (stride 1, under 16 channels), else
+    "offsets" (conv_input_grad_nhwc: any stride; also unpadded convs with many channels, where
+    the other two do needless work on dy's zero border).
+    """
+    (t, b), (l, r) = layer.pads
+    channels = layer.in_shape[0]
+    if layer.stride != (1, 1):
+        return "offsets"
+    if channels < SHIFTS_BELOW_CHANNELS:
+        return "shifts"
+    return "flipped" if (t or b or l or r) and channels >= FLIPPED_MIN_CHANNELS else "offsets"
 
 
 @LAYERS.register("conv2d")
@@ -98,11 +117,14 @@ class Conv2D(Layer):
     def backward(self, dy):
         dym, W, padded_shape = self.backward_params(dy)
         F, OH, OW = self.out_shape
-        (t, b), (l, r) = self.pads
+        (t, _), (l, _) = self.pads
         C, H, Wd = self.in_shape
-        if self.stride == (1, 1) and (t or b or l or r) and C >= FLIPPED_MIN_CHANNELS:
-            return nchw(conv_input_grad_flipped_nhwc(dym, W, (len(dym) // (OH * OW), H, Wd, C), self.pads,
-                                                     self.kernel_size, self.dilation, (OH, OW)))
+        args = (self.kernel_size, self.dilation, (OH, OW))
+        method = input_grad_method(self)
+        if method == "flipped":
+            return nchw(conv_input_grad_flipped_nhwc(dym, W, (padded_shape[0], H, Wd, C), self.pads, *args))
+        if method == "shifts":
+            return nchw(conv_input_grad_shifts_nhwc(dym, W, padded_shape, self.pads, *args))
         dxp = conv_input_grad_nhwc(dym, W, padded_shape, self.kernel_size, self.stride, self.dilation, (OH, OW))
         return nchw(dxp[:, t : t + H, l : l + Wd])
 

@@ -30,8 +30,10 @@ class Sequential:
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
         """In evaluation, a batchnorm right after a layer with forward_scaled (conv2d, dense) is folded into
         that layer's weights, and an activation right after a layer whose output is a new array
-        (`new_output`) is applied in place: each saves passes over the activations (equal up to rounding)."""
+        (`new_output`) is applied in place: each saves passes over the activations (equal up to rounding).
+        In training, a layer that `overwrites` may work in place on a new array it is given (the same values)."""
         layers, i = self.layers, 0
+        owned = False  # x is an array nobody else holds (never the caller's input)
         if training:
             self._swapped = set()
         while i < len(layers):
@@ -46,8 +48,11 @@ class Sequential:
                     x = layer.forward(following.forward(x, training), training)
                     self._swapped.add(i - 1)
                     i += 1
+                elif owned and getattr(layer, "overwrites", False):
+                    x = layer.forward(x, training, overwrite=True)
                 else:
                     x = layer.forward(x, training)
+                owned = getattr(layer, "new_output", False)
                 continue
             if hasattr(layer, "forward_scaled") and hasattr(following, "inference_affine"):
                 x = layer.forward_scaled(x, *following.inference_affine(x.dtype))
@@ -62,13 +67,19 @@ class Sequential:
     def backward(self, dy: np.ndarray, input_grad: bool = False) -> np.ndarray | None:
         """Gradients of every layer; d loss / d input too only when input_grad (training never needs it)."""
         i = len(self.layers) - 1
+        owned = False  # dy is an array nobody else holds (not the loss's)
         while i >= 1:
+            layer = self.layers[i]
             if i - 1 in self._swapped:  # a ReLU that ran after the max pool at i: its backward comes first
-                dy = self.layers[i].backward(self.layers[i - 1].backward(dy))
+                dy = layer.backward(self.layers[i - 1].backward(dy))
                 i -= 2
-            else:
-                dy = self.layers[i].backward(dy)
+            elif owned and getattr(layer, "overwrites", False):
+                dy = layer.backward(dy, overwrite=True)
                 i -= 1
+            else:
+                dy = layer.backward(dy)
+                i -= 1
+            owned = getattr(layer, "new_grad", False)
         first = self.layers[0]
         if not input_grad and hasattr(first, "backward_params"):
             first.backward_params(dy)

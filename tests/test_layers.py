@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from cnntrain.build import build_model
+from cnntrain.layers.norm import BatchNorm
 from cnntrain.model import Sequential
 from cnntrain.registry import LAYERS
 from gradcheck import check_layer
@@ -211,3 +212,68 @@ def test_dropout_draws_one_seed_per_forward_from_the_run_generator():
     again = LAYERS.create("dropout", {"rate": 0.5})
     again.build((30,), np.random.default_rng(3))
     np.testing.assert_array_equal(again.forward(x, training=True), first)
+
+
+def arrays_in(value):
+    """Every ndarray inside a layer's cache (tuples, lists, dicts, nested)."""
+    if isinstance(value, np.ndarray):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from arrays_in(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from arrays_in(item)
+
+
+@pytest.mark.parametrize("name", LAYERS.names())
+def test_new_output_and_new_grad_hold_their_promise(name):
+    # Sequential lets a batchnorm write over an array these flags call new: the forward output
+    # or the input gradient must share memory with nothing (input, cache, parameters, dy)
+    for kwargs, shape, n in CASES.get(name, []):
+        layer = LAYERS.create(name, kwargs)
+        layer.build(shape, np.random.default_rng(0))
+        x = np.random.default_rng(0).standard_normal((n, *shape)).astype(np.float32)
+        y = layer.forward(x, training=True)
+        held = [x, *layer.params.values(), *arrays_in(layer._cache)]
+        if layer.new_output:
+            assert not any(np.shares_memory(y, a) for a in held), f"{name}{kwargs}: forward output is shared"
+        dy = np.ones_like(y)
+        dx = layer.backward(dy)
+        if layer.new_grad:
+            assert not any(np.shares_memory(dx, a) for a in held + [dy, y]), f"{name}{kwargs}: input gradient is shared"
+
+
+def test_batchnorm_overwriting_new_arrays_changes_no_value_and_nothing_the_caller_holds(monkeypatch):
+    specs = [("batchnorm", {}), ("conv2d", {"filters": 4, "kernel_size": 3, "padding": "same", "use_bias": False}),
+             ("batchnorm", {}), ("relu", {}), ("maxpool2d", {"size": 2}), ("conv2d", {"filters": 6, "kernel_size": 3}),
+             ("batchnorm", {}), ("relu", {}), ("flatten", {}), ("dense", {"units": 8}), ("batchnorm", {}),
+             ("tanh", {}), ("dense", {"units": 5}), ("batchnorm", {})]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 2, 8, 8)).astype(np.float32)
+    dy = rng.standard_normal((6, 5)).astype(np.float32)
+    results = []
+    for overwrites in (False, True):
+        monkeypatch.setattr(BatchNorm, "overwrites", overwrites)
+        model = build_model(specs, (2, 8, 8), np.random.default_rng(1))
+        x_before, dy_before = x.copy(), dy.copy()
+        calls = []
+        original = BatchNorm.forward
+        monkeypatch.setattr(BatchNorm, "forward", lambda self, x, training, overwrite=False:
+                            calls.append(overwrite) or original(self, x, training, overwrite))
+        out = model.forward(x, training=True)
+        dx = model.backward(dy, input_grad=True)
+        monkeypatch.setattr(BatchNorm, "forward", original)
+        np.testing.assert_array_equal(x, x_before)  # the first batchnorm's input is the caller's
+        np.testing.assert_array_equal(dy, dy_before)  # the last batchnorm's dy is the caller's
+        # only the batchnorms after a conv or dense layer overwrite (the first and the last get arrays
+        # that are not theirs to write)
+        assert calls == ([False] * 5 if not overwrites else [False, True, True, True, True])
+        results.append((out, dx, model.named_grads(), model.named_buffers()))
+    (out0, dx0, g0, b0), (out1, dx1, g1, b1) = results
+    np.testing.assert_array_equal(out1, out0)
+    np.testing.assert_array_equal(dx1, dx0)
+    for key in g0:
+        np.testing.assert_array_equal(g1[key], g0[key], err_msg=key)
+    for key in b0:
+        np.testing.assert_array_equal(b1[key], b0[key], err_msg=key)

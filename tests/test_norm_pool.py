@@ -262,7 +262,7 @@ def test_evaluation_folds_batchnorm_into_the_layer_before_it(specs, in_shape, mo
     from cnntrain.layers.norm import BatchNorm
 
     calls, original = [], BatchNorm.forward
-    monkeypatch.setattr(BatchNorm, "forward", lambda self, x, training: calls.append(training) or original(self, x, training))
+    monkeypatch.setattr(BatchNorm, "forward", lambda self, x, training, **kw: calls.append(training) or original(self, x, training, **kw))
     np.testing.assert_allclose(model.forward(x, training=False), expected, rtol=1e-12, atol=1e-12)
     assert calls == [], "evaluation folded every batchnorm instead of running it"
     np.testing.assert_array_equal(x, x_before)

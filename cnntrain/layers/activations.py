@@ -11,6 +11,8 @@ from .base import Layer
 class Elementwise(Layer):
     """y = f(x), dx = dy * f'(x); f' may use the output y to save work (sigmoid, tanh)."""
 
+    new_grad = True
+
     def f(self, x):
         raise NotImplementedError
 

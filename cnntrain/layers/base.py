@@ -10,7 +10,16 @@ class Layer:
 
     `params` and `grads` share keys (W, b, gamma, ...); `buffers` hold state the
     optimizer never touches (running statistics). Shapes exclude the batch axis.
+
+    Two promises Sequential uses to save passes over the activations: `new_output`, forward
+    returns an array nothing else holds (not even this layer's cache); `new_grad`, so does
+    backward. A layer with `overwrites` accepts forward(x, training, overwrite=True) and
+    backward(dy, overwrite=True), and may then write over x or dy.
     """
+
+    new_output = False
+    new_grad = False
+    overwrites = False
 
     def __init__(self):
         self.params: dict[str, np.ndarray] = {}

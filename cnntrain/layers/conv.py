@@ -55,6 +55,7 @@ class Conv2D(Layer):
     """
 
     new_output = True  # forward returns an array of its own (Sequential may apply the next activation in place)
+    new_grad = True
 
     def __init__(self, filters: int, kernel_size=3, stride=1, padding="valid", dilation=1,
                  use_bias: bool = True, init="he_normal"):

@@ -15,6 +15,7 @@ class Dense(Layer):
     """Fully connected, y = x @ W + b.  x: (N, D) -> y: (N, units); W: (D, units), b: (units,)."""
 
     new_output = True  # forward returns an array of its own (Sequential may apply the next activation in place)
+    new_grad = True
 
     def __init__(self, units: int, use_bias: bool = True, init="xavier_uniform"):
         super().__init__()

@@ -37,6 +37,8 @@ class Dropout(Layer):
     the seed and each process is given it with its first row as `share`.
     """
 
+    new_grad = True
+
     def __init__(self, rate: float = 0.5):
         super().__init__()
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:

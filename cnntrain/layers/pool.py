@@ -63,6 +63,8 @@ class MaxPool2D(_Pool2D):
     (A ReLU right before it may run after it instead: see Sequential.forward.)
     """
 
+    new_grad = True
+
     takes_max = True  # relu(max(x)) == max(relu(x)), so a ReLU before it may run after it
 
     def forward(self, x, training):
@@ -92,6 +94,8 @@ class AvgPool2D(_Pool2D):
     count_include_pad=False), so a constant input stays constant.
     The plain loops: reference.avgpool2d_forward / avgpool2d_backward.
     """
+
+    new_grad = True
 
     def build(self, in_shape, rng):
         super().build(in_shape, rng)
@@ -143,6 +147,8 @@ class GlobalAvgPool2D(Layer):
 
     The plain loops: reference.avgpool2d_forward with one window the size of the input.
     """
+
+    new_grad = True
 
     def build(self, in_shape, rng):
         if len(in_shape) != 3:

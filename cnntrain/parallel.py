@@ -22,23 +22,19 @@ statistics and dropout seeds are the chunk's, as they are there.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import mmap
 import os
 import pickle
-import signal
 import socket
 import subprocess
 import sys
-import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 
 import numpy as np
 
 from .errors import RunError
-from .ipc import SPIN_SECONDS, Reducer, layout, shared_block, spin_until_readable, views
-from .memory import keep_freed_memory
+from .ipc import Reducer, layout, shared_block, spin_until_readable, views
+from .share import batchnorms, compute_share, dropouts
 from .threads import blas_threads, set_blas_threads
 from .train import accumulate_chunks, batch_gradients
 
@@ -74,28 +70,6 @@ def gradients_for(model, loss, workers: int, batch_size: int, chunk_size: int, p
                         lambda: policy.threads)
 
 
-def _share_gradients(model, loss, x, y, batch: int):
-    """Forward and backward on one share of a batch; dy scaled so gradients sum to the batch mean's.
-
-    Returns (share mean loss, correct predictions); gradients are left on the layers.
-    """
-    out = model.forward(x, training=True)
-    share_loss = loss.forward(out, y)
-    dy = loss.backward()
-    if len(y) != batch:
-        dy = dy * dy.dtype.type(len(y) / batch)
-    model.backward(dy)
-    return share_loss, int((loss.predict(out) == y).sum())
-
-
-def _dropouts(model):
-    return [layer for layer in model.layers if hasattr(layer, "draw_seed")]
-
-
-def _batchnorms(model):
-    return [layer for layer in model.layers if hasattr(layer, "reducer")]
-
-
 class DataParallel:
     """Batch gradients computed by `workers` processes; the same call as train.batch_gradients.
 
@@ -103,8 +77,8 @@ class DataParallel:
     at close(). A pass that cannot be split (fewer rows than workers, or more than `rows`)
     runs here alone, with the same result up to rounding (the masks are counter-based and the
     batch's statistics are the batch's either way), and so do all steps while other runs leave
-    this one fewer cores than workers. Workers are `python -m cnntrain.parallel`
-    processes, so nothing depends on how the caller's own program was started.
+    this one fewer cores than workers. Workers are `python -m cnntrain.share`
+    processes (share.py), so nothing depends on how the caller's own program was started.
     """
 
     def __init__(self, model, loss, workers: int, rows: int, threads=lambda: 1, budget=None):
@@ -125,7 +99,7 @@ class DataParallel:
         B, W = self.rows, self.workers
         params = self.model.named_params()
         dtype = next(iter(params.values())).dtype if params else x.dtype
-        width = 2 * max([layer.in_shape[0] for layer in _batchnorms(self.model)] or [1])
+        width = 2 * max([layer.in_shape[0] for layer in batchnorms(self.model)] or [1])
         specs = {"x": ((B,) + x.shape[1:], x.dtype), "y": ((B,) + y.shape[1:], y.dtype),
                  "slots": ((W, width), dtype), "results": ((2, width), dtype)}
         specs.update({f"param/{k}": (p.shape, p.dtype) for k, p in params.items()})
@@ -141,7 +115,7 @@ class DataParallel:
                 here, there = socket.socketpair()
                 inherit = (shm_fd, up_w, down_r, there.fileno())
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "cnntrain.parallel", str(rank), str(W), *map(str, inherit)],
+                    [sys.executable, "-m", "cnntrain.share", str(rank), str(W), *map(str, inherit)],
                     pass_fds=inherit, env=env, stdin=subprocess.DEVNULL, start_new_session=False)
                 for fd in (up_w, down_r):
                     os.close(fd)
@@ -235,7 +209,7 @@ class DataParallel:
         bounds = [k * n // W for k in range(W + 1)]
         for name, p in model.named_params().items():
             np.copyto(arrays[f"param/{name}"], p)
-        seeds = [layer.draw_seed() for layer in _dropouts(model)]  # in layer order, as one process draws them
+        seeds = [layer.draw_seed() for layer in dropouts(model)]  # in layer order, as one process draws them
         arrays["x"][bounds[1]:n] = x[bounds[1]:]
         arrays["y"][bounds[1]:n] = y[bounds[1]:]
         threads = self.threads()
@@ -248,10 +222,8 @@ class DataParallel:
             except OSError:
                 raise self._failure(rank) from None
         try:
-            _arm(model, self.reducer, seeds, n, 0, bounds[1])
-            share_loss, correct = _share_gradients(model, loss, x[: bounds[1]], y[: bounds[1]], n)
+            share_loss, correct = compute_share(model, loss, self.reducer, seeds, n, 0, bounds[1], x, y)
         finally:
-            _disarm(model)
             if own != threads:
                 set_blas_threads(own)
         total = share_loss * bounds[1] / n
@@ -283,77 +255,3 @@ def _worker_env(threads: int) -> dict:
     if explicit_env() is None:
         env.update({name: str(threads) for name in THREAD_VARIABLES})
     return env
-
-
-def _arm(model, reducer, seeds: list, n: int, start: int, stop: int) -> None:
-    """Give this rank's layers its rows of the step: dropout seeds with the first row, and the reducer."""
-    reducer.batch, reducer.rows = n, stop - start
-    for layer, seed in zip(_dropouts(model), seeds):
-        layer.share = (seed, start)
-    for layer in _batchnorms(model):
-        layer.reducer = reducer
-
-
-def _disarm(model) -> None:
-    for layer in _dropouts(model):
-        layer.share = None
-    for layer in _batchnorms(model):
-        layer.reducer = None
-
-
-def _worker(rank: int, workers: int, shm_fd: int, up: int, down: int, conn_fd: int) -> None:
-    """A worker process: wait for a step, compute its share, leave its gradients in shared memory."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C and SIGTERM are for rank 0, which stops at a step's end
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: end with rank 0
-    except (OSError, AttributeError):
-        pass  # not Linux: the closed pipes end it instead
-    keep_freed_memory()  # as rank 0 does: without it every step's arrays are fresh pages, faulted in anew
-    conn = Connection(conn_fd)
-    model, loss, specs = pickle.loads(conn.recv_bytes())
-    arrays = views(mmap.mmap(shm_fd, 0), specs)
-    for i, layer in enumerate(model.layers):
-        for key in layer.params:
-            layer.params[key] = arrays[f"param/layers.{i}.{key}"]
-    ups, downs = [None] * workers, [None] * workers
-    ups[rank], downs[rank] = up, down
-    reducer = Reducer(rank, arrays["slots"], arrays["results"], ups, downs)
-    current = None
-    replied = None  # when this rank last replied
-    spin = True
-    while True:
-        if spin:  # the next step may come within a ms: a sleeping process takes 0.05-0.15 ms to wake
-            spin_until_readable(conn_fd)
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):
-            return
-        if replied is not None:
-            # between steps rank 0 adds the gradients and runs the optimizer, maybe on all the cores:
-            # when that took longer than a spin, spinning again would only take a core from it
-            spin = time.perf_counter() - replied < SPIN_SECONDS
-        if message is None:
-            return
-        n, start, stop, seeds, want = message
-        try:
-            if want != current:
-                set_blas_threads(want)
-                current = want
-            _arm(model, reducer, seeds, n, start, stop)
-            try:
-                reply = _share_gradients(model, loss, arrays["x"][start:stop], arrays["y"][start:stop], n)
-            finally:
-                _disarm(model)
-            for name, g in model.named_grads().items():
-                np.copyto(arrays[f"grad{rank}/{name}"], g)
-        except Exception as exc:  # reported to rank 0, which raises it as a RunError
-            conn.send(("error", f"{type(exc).__name__}: {exc}"))
-            os.write(up, Reducer.FAILED)  # in case rank 0 waits for this rank's batchnorm sums
-            return
-        conn.send(reply)
-        replied = time.perf_counter()
-
-
-if __name__ == "__main__":
-    _worker(*map(int, sys.argv[1:]))

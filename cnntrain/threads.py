@@ -11,9 +11,22 @@ from __future__ import annotations
 
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+_pools: dict[tuple[str, int], ThreadPoolExecutor] = {}
+
+
+def thread_pool(name: str, threads: int) -> ThreadPoolExecutor:
+    """A pool of `threads` Python threads named cnntrain-<name>, made once and kept for the process
+    (the optimizer's pieces, the rows of an evaluation batch)."""
+    key = (name, threads)
+    if key not in _pools:
+        _pools[key] = ThreadPoolExecutor(threads, thread_name_prefix=f"cnntrain-{name}")
+    return _pools[key]
 
 
 def quiet_idle_blas_threads() -> None:

@@ -19,7 +19,7 @@ class BatchNorm(Layer):
     + momentum * batch_stat (PyTorch's convention, running_var from the unbiased variance).
     Evaluation: the running statistics. gamma, beta, running_mean, running_var: (C,) or (D,).
     The plain version, node by node: reference.batchnorm_forward / batchnorm_backward / batchnorm_inference.
-    With a `reducer` (data parallel training, parallel.py) each process holds some of the batch's
+    With a `reducer` (data parallel training, parallel.py and share.py) each process holds some of the batch's
     rows and the per-channel sums are taken over the whole batch, as one process would take them.
     """
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import math
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from ..registry import OPTIMIZERS
+from ..threads import thread_pool
 
 
 def check_number(value, name: str, low: float, high: float = math.inf, low_open=False, high_open=True) -> float:
@@ -35,13 +35,6 @@ def decays(name: str) -> bool:
 
 THREADED_MIN = 1 << 17  # elements of a parameter worth updating on several threads
 _slots_lock = threading.Lock()
-_pools: dict[int, ThreadPoolExecutor] = {}
-
-
-def _pool(threads: int) -> ThreadPoolExecutor:
-    if threads not in _pools:
-        _pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="cnntrain-optim")
-    return _pools[threads]
 
 
 class Optimizer:
@@ -91,7 +84,7 @@ class Optimizer:
         pieces = [slice(start, start + step) for start in range(0, p.size, step)]  # one per thread
         self._whole[name] = p
         try:
-            list(_pool(self.threads).map(lambda piece: self.update(name, flat_p[piece], flat_g[piece], lr), pieces))
+            list(thread_pool("optim", self.threads).map(lambda piece: self.update(name, flat_p[piece], flat_g[piece], lr), pieces))
         finally:
             del self._whole[name]
 

@@ -19,7 +19,7 @@ from .callbacks import ThreadPolicy
 from .data.splits import static_input_shape
 from .memory import keep_freed_memory
 from .parallel import choose_workers, gradients_for
-from .threads import TrainingProcesses
+from .threads import TrainingProcesses, blas_library
 from .train import train_step
 
 
@@ -116,6 +116,7 @@ def _measure(cfg, model, loss, optimizer, penalty, preprocess, x_u8, xb, yb, lr,
               "infer_images_per_s": len(x_eval) / infer_time,
               "train_gflops": train_flops * batch / train_time / 1e9,
               "infer_gflops": infer_flops * len(x_eval) / infer_time / 1e9, "gemm_gflops": ceiling,
+              "blas": blas_library(),
               "train_peak_memory_mb": train_peak, "peak_memory_mb": peak_rss_mb(), "layers": []}
     result["train_ceiling_share"] = result["train_gflops"] / ceiling
     result["infer_ceiling_share"] = result["infer_gflops"] / ceiling

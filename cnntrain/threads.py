@@ -155,6 +155,25 @@ def blas_threads() -> int | None:
     return max(counts) if counts else None
 
 
+def blas_library() -> str:
+    """The loaded BLAS and the kernels it runs, e.g. "OpenBLAS 0.3.31, SkylakeX kernels" ("unknown BLAS"
+    where threadpoolctl finds none); `cnntrain bench` prints it.
+
+    OpenBLAS picks its kernels for the CPU unless OPENBLAS_CORETYPE names them, and the name says
+    so: on an AVX-512 CPU, OPENBLAS_CORETYPE=Haswell halves the speed of the products.
+    """
+    names = {"openblas": "OpenBLAS", "mkl": "MKL", "blis": "BLIS"}
+    described = []
+    for lib in _blas_libraries():
+        text = " ".join(filter(None, [names.get(lib.internal_api, lib.internal_api), lib.version]))
+        kernels = getattr(lib, "architecture", None)
+        if kernels:
+            chosen = os.environ.get("OPENBLAS_CORETYPE") if lib.internal_api == "openblas" else None
+            text += f", {kernels} kernels" + (" (set by OPENBLAS_CORETYPE)" if chosen else "")
+        described.append(text)
+    return "; ".join(described) or "unknown BLAS"
+
+
 def set_blas_threads(n: int) -> None:
     for lib in _blas_libraries():
         lib.set_num_threads(n)

@@ -124,3 +124,29 @@ def test_the_cli_lets_idle_openblas_threads_sleep_unless_the_user_chose(monkeypa
     out = subprocess.run([sys.executable, "-c", "import sys, cnntrain.cli; print('numpy' in sys.modules)"],
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_blas_library_names_the_kernels_and_whether_the_environment_chose_them(monkeypatch):
+    from types import SimpleNamespace
+
+    openblas = SimpleNamespace(internal_api="openblas", version="0.3.31", architecture="Haswell", user_api="blas")
+    mkl = SimpleNamespace(internal_api="mkl", version="2024.1", user_api="blas")
+    monkeypatch.setattr(threads, "_blas_libraries", lambda: [openblas])
+    monkeypatch.delenv("OPENBLAS_CORETYPE", raising=False)
+    assert threads.blas_library() == "OpenBLAS 0.3.31, Haswell kernels"
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    assert threads.blas_library() == "OpenBLAS 0.3.31, Haswell kernels (set by OPENBLAS_CORETYPE)"
+    monkeypatch.setattr(threads, "_blas_libraries", lambda: [mkl])
+    assert threads.blas_library() == "MKL 2024.1", "MKL ignores OPENBLAS_CORETYPE and names no kernels"
+    monkeypatch.setattr(threads, "_blas_libraries", lambda: [])
+    assert threads.blas_library() == "unknown BLAS"
+
+
+def test_blas_library_reports_the_kernels_openblas_loaded():
+    """In a fresh process asked for other kernels, the name is what threadpoolctl reads off NumPy's OpenBLAS."""
+    code = ("from cnntrain.threads import blas_library; import threadpoolctl; "
+            "print(blas_library()); print([i.get('architecture') for i in threadpoolctl.threadpool_info()])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "OPENBLAS_CORETYPE": "Sandybridge"}).stdout.splitlines()
+    assert out[0].startswith("OpenBLAS ") and out[0].endswith(", Sandybridge kernels (set by OPENBLAS_CORETYPE)"), out
+    assert out[1] == "['Sandybridge']", out

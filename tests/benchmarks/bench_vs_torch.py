@@ -238,8 +238,10 @@ def main() -> None:
 
     torch_version = subprocess.run([args.torch_python, "-c", "import torch; print(torch.__version__)"],
                                    capture_output=True, text=True, check=True).stdout.strip()
+    blas = subprocess.run([sys.executable, "-c", "from cnntrain.threads import blas_library; print(blas_library())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # e.g. OpenBLAS's kernels
     print(f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores, {args.threads} threads, "
-          f"numpy {np.__version__}, torch {torch_version}; train batch {TRAIN_BATCH}, inference batch "
+          f"numpy {np.__version__} ({blas}), torch {torch_version}; train batch {TRAIN_BATCH}, inference batch "
           f"{INFER_BATCH}; each framework in its own process, alternating, medians of {args.rounds} rounds")
     print("| network | cnntrain train img/s | PyTorch train img/s | ratio | GEMM-only ceiling | ceiling / PyTorch "
           "| cnntrain infer img/s | PyTorch infer img/s | ratio |")

@@ -288,6 +288,17 @@ def test_tiling_maxpool_backward_runs_over_rows_without_ties_and_hands_ties_to_t
     assert channels_last.tiling_maxpool_backward_nhwc(xp, y, dy, (2, 2)) is None
     dx = channels_last.maxpool_backward_nhwc(xp, y, dy, (2, 2), (2, 2))
     assert dx[0, :2, :2, 0].tolist() == [[dy[0, 0, 0, 0], 0], [0, 0]]
+    # a tie under a zero dy (a ReLU after the pool that is off there) routes nothing either way
+    dy[0, 0, 0, 0] = 0.0
+    fast = channels_last.tiling_maxpool_backward_nhwc(xp, y, dy, (2, 2))
+    assert fast is not None
+    np.testing.assert_array_equal(fast, channels_last.maxpool_backward_nhwc(xp, y, dy, (2, 2), (2, 2)))
+    # a window without a hit (NaN) must not hide another's tie of two from the counts
+    xp[0, :2, :2, 0] = [[1.5, 1.5], [-9.0, -9.0]]
+    xp[1, :2, :2, 1] = np.nan
+    dy[0, 0, 0, 0] = 1.0
+    y = channels_last.maxpool_nhwc(xp, (2, 2), (2, 2), (3, 4))
+    assert channels_last.tiling_maxpool_backward_nhwc(xp, y, dy, (2, 2)) is None
 
 
 def test_maxpool_tries_the_row_wise_gradient_again_a_while_after_a_tie(monkeypatch):

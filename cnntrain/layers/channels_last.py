@@ -125,22 +125,29 @@ def maxpool_backward_nhwc(xp: np.ndarray, y: np.ndarray, dy: np.ndarray, kernel,
 
 
 def tiling_maxpool_backward_nhwc(xp: np.ndarray, y: np.ndarray, dy: np.ndarray, kernel):
-    """maxpool_backward_nhwc for windows that tile xp, over whole image rows; None if a window ties.
+    """maxpool_backward_nhwc for windows that tile xp, over whole image rows; None where it would differ.
 
     y and dy repeated along the width line up with xp's rows of W*C values, so one comparison
     and one product over long rows give dx: 30-40% faster than the per-offset loop. That routes
-    dy to every position equal to its window's maximum, which is the first one only when each
-    window holds a single one: when the count of hits is more than the count of windows (ties:
-    MNIST's blank margins give whole windows of equal values) or less (NaN), None says to use
-    maxpool_backward_nhwc. Resolving ties over long rows measured no faster than that loop.
+    dy to every position equal to its window's maximum, which is the first one only when the
+    window holds a single one. Ties (MNIST's blank margins give whole windows of equal values)
+    change nothing where the window's dy is 0, as it is wherever the ReLU after the pool is off
+    (a blank margin's value there is a bias, often not positive): so the result stands when each
+    window with a nonzero dy put exactly one nonzero into dx. Otherwise (a tie under a nonzero
+    dy, or a NaN) None says to use maxpool_backward_nhwc; resolving ties over long rows measured
+    no faster than that loop.
     """
     N, H, W, C = xp.shape
     (KH, KW), OH = kernel, y.shape[1]
+    if np.isnan(y).any():  # a window with no hit could hide another's tie from the counts below
+        return None
     rows = xp.reshape(N, OH, KH, W * C)
     hits = rows == np.repeat(y, KW, axis=2).reshape(N, OH, 1, W * C)
-    if np.count_nonzero(hits) != y.size:
+    dx = np.multiply(hits, np.repeat(dy, KW, axis=2).reshape(N, OH, 1, W * C))
+    # without NaN every window has a hit: one hit each, or one nonzero per window whose dy is nonzero
+    if np.count_nonzero(hits) != y.size and np.count_nonzero(dx) != np.count_nonzero(dy):
         return None
-    return np.multiply(hits, np.repeat(dy, KW, axis=2).reshape(N, OH, 1, W * C)).reshape(N, H, W, C)
+    return dx.reshape(N, H, W, C)
 
 
 def conv_input_grad_nhwc(dym: np.ndarray, W: np.ndarray, padded_shape, kernel, stride, dilation, out_hw) -> np.ndarray:

@@ -12,11 +12,14 @@ import resource
 import sys
 import time
 
+from dataclasses import replace
+
 import numpy as np
 
 from .build import Experiment
 from .callbacks import ThreadPolicy
-from .data.splits import static_input_shape
+from .data.splits import load_dataset, static_input_shape
+from .errors import CnnTrainError
 from .memory import keep_freed_memory
 from .parallel import choose_workers, gradients_for
 from .threads import TrainingProcesses, blas_library
@@ -24,9 +27,26 @@ from .train import train_step
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MiB."""
+    """Peak resident memory of this process since it started or since reset_peak_memory(), in MiB."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def reset_peak_memory() -> bool:
+    """Start peak_rss_mb() again from the current footprint (Linux: /proc/self/clear_refs); False where it can't."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def gemm_gflops(n: int = 1024, repeats: int = 5) -> float:
@@ -62,21 +82,20 @@ def step_flops(model) -> tuple[int, int]:
 
 def benchmark(exp: Experiment, batch_size: int | None = None, steps: int = 50, warmup: int = 5,
               profile: bool = True) -> dict:
-    """Images/s and GFLOP/s of training steps and inference on random uint8 batches of the config's shape."""
-    keep_freed_memory()  # as a training run does
+    """Images/s and GFLOP/s of training steps and inference on the config's training images (bench_images)."""
     cfg = exp.cfg
     in_shape = static_input_shape(cfg)
     n_out = None if cfg.loss != "binary_cross_entropy" else 2
     model, loss = exp.network(in_shape, n_out), exp.loss
     optimizer, penalty = exp.optimizer(), exp.penalty(model)
     batch = batch_size or (cfg.train.batch_size if isinstance(cfg.train.batch_size, int) else 64)
-    rng = np.random.default_rng(cfg.seed)
-    x_u8 = rng.integers(0, 256, (max(batch, cfg.train.eval_batch_size), *in_shape), dtype=np.uint8)
     classes = 2 if model.out_shape[0] == 1 else model.out_shape[0]
-    y = rng.integers(0, classes, len(x_u8))
+    x_u8, y, data = bench_images(cfg, in_shape, classes, max(BATCHES * batch, cfg.train.eval_batch_size))
+    reset_peak_memory()  # the dataset it took them from is gone: peak memory is the steps' own
+    keep_freed_memory()  # as a training run does (after the dataset, whose memory it would keep)
     preprocess = exp.preprocess(in_shape[0], x_u8)
     lr = cfg.optimizer.lr
-    xb, yb = x_u8[:batch], y[:batch]
+    batches = [(x_u8[i : i + batch], y[i : i + batch]) for i in range(0, BATCHES * batch, batch)]
     chunk = cfg.train.chunk_size or batch  # --batch-size sets the step's batch, chunked only if asked
     processes = TrainingProcesses()  # not registered: a benchmark shares the cores as a run would
     workers = choose_workers(cfg.train.workers, cfg.train.threads, processes.count(), model.macs(), batch, chunk)
@@ -85,18 +104,46 @@ def benchmark(exp: Experiment, batch_size: int | None = None, steps: int = 50, w
     threads.apply()
     try:
         with gradients_for(model, loss, workers, batch, chunk, threads) as gradients:
-            result = _measure(cfg, model, loss, optimizer, penalty, preprocess, x_u8, xb, yb, lr, steps, warmup,
+            result = _measure(cfg, model, loss, optimizer, penalty, preprocess, x_u8, batches, lr, steps, warmup,
                               profile, gradients, chunk)
     finally:
         threads.on_train_end(None)
-    return {**result, "workers": workers, "blas_threads": threads.each}
+    return {**result, "workers": workers, "blas_threads": threads.each, "data": data}
 
 
-def _measure(cfg, model, loss, optimizer, penalty, preprocess, x_u8, xb, yb, lr, steps, warmup, profile,
+BATCHES = 8  # distinct batches the timed steps cycle through
+
+
+def bench_images(cfg, in_shape, classes: int, n: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """(uint8 images, labels, what they are): the first n training images of the config's dataset when
+    it is on disk (never downloaded), as cycled through, else random ones.
+
+    Real images time what a run's steps do with them: MNIST's blank margins make whole max-pool
+    windows tie, and a tie takes max-pool backward's slower exact path (random images never tie).
+    """
+    try:
+        data = replace(cfg, data=replace(cfg.data, download=False, limit_train=None))
+        ds = load_dataset(data)
+        x, y = ds.train_x, ds.train_y
+    except (CnnTrainError, OSError, ValueError):
+        x = y = None
+    if x is not None and len(x) and tuple(x.shape[1:]) == tuple(in_shape) and x.dtype == np.uint8 \
+            and int(y.max(initial=0)) < classes:
+        rows = np.arange(n) % len(x)  # a copy of these rows only: the dataset's arrays can go
+        return x[rows], y[rows].astype(np.int64), f"{cfg.data.dataset} training images"
+    rng = np.random.default_rng(cfg.seed)
+    return (rng.integers(0, 256, (n, *in_shape), dtype=np.uint8), rng.integers(0, classes, n),
+            "random images (the dataset is not on disk)")
+
+
+def _measure(cfg, model, loss, optimizer, penalty, preprocess, x_u8, batches, lr, steps, warmup, profile,
              gradients, chunk) -> dict:
-    batch = len(yb)
+    batch = len(batches[0][1])
+    done = [0]
 
     def step():
+        xb, yb = batches[done[0] % len(batches)]
+        done[0] += 1
         train_step(model, loss, optimizer, xb, yb, preprocess, lr, chunk, penalty,
                    cfg.train.grad_clip_norm, gradients=gradients)
 
@@ -121,6 +168,7 @@ def _measure(cfg, model, loss, optimizer, penalty, preprocess, x_u8, xb, yb, lr,
     result["train_ceiling_share"] = result["train_gflops"] / ceiling
     result["infer_ceiling_share"] = result["infer_gflops"] / ceiling
     if profile:
+        xb, yb = batches[0]
         result["layers"], result["other_ms"] = layer_profile(model, loss, optimizer, penalty, preprocess(xb), yb,
                                                             lr, max(3, steps // 2))
     return result

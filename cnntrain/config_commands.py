@@ -74,7 +74,7 @@ def schedule(config, overrides, as_csv, out):
               help="Also time each layer, in separate instrumented steps.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def bench(config, overrides, batch_size, steps, profile, as_json):
-    """Time training steps and inference of CONFIG's network on random batches.
+    """Time training steps and inference of CONFIG's network on its training images (random ones if not on disk).
 
     Prints images/s as a real epoch counts them (the same step, preprocessing included),
     GFLOP/s against NumPy's own GEMM speed, peak memory, and where the time goes layer by

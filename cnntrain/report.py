@@ -56,7 +56,7 @@ def summary_lines(s: dict) -> list[str]:
 def bench_lines(r: dict) -> list[str]:
     lines = [f"{r['name']}: batch {r['batch_size']} ({r['steps']} timed steps after warm-up), inference batch "
              f"{r['eval_batch_size']}; {r['workers']} process{'es' if r['workers'] > 1 else ''} with "
-             f"{r['blas_threads']} BLAS thread{'s' if r['blas_threads'] != 1 else ''} each",
+             f"{r['blas_threads']} BLAS thread{'s' if r['blas_threads'] != 1 else ''} each; {r['data']}",
              f"train:     {r['train_images_per_s']:>9,.0f} images/s  {r['train_step_ms']:8.2f} ms/step  "
              f"{r['train_gflops']:6.1f} GFLOP/s  {100 * r['train_ceiling_share']:4.0f}% of NumPy's GEMM",
              f"inference: {r['infer_images_per_s']:>9,.0f} images/s  {'':16}  {r['infer_gflops']:6.1f} GFLOP/s  "

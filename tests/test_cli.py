@@ -268,6 +268,41 @@ def test_bench_headline_is_the_real_step_and_flops_follow_the_layer_formulas(sma
     assert r["eval_batch_size"] == 1000
 
 
+def test_bench_times_the_configs_own_training_images_when_they_are_on_disk(small_config, tmp_path, monkeypatch):
+    """MNIST's blank margins make max-pool windows tie, which random images never do: bench steps real batches."""
+    import cnntrain.bench as bench
+    from cnntrain.build import load_experiment
+    from cnntrain.data.splits import load_dataset
+
+    cfg = load_experiment(small_config).cfg
+    x, y, data = bench.bench_images(cfg, (1, 28, 28), 10, 5000)
+    ds = load_dataset(cfg)
+    assert data == "mnist training images" and x.dtype == np.uint8 and y.dtype == np.int64
+    np.testing.assert_array_equal(x[:5000], ds.train_x[:5000])  # limit_train (3000) is a run's, not the images'
+    np.testing.assert_array_equal(y, ds.train_y[:5000])
+    x, y, data = bench.bench_images(cfg, (1, 28, 28), 10, len(ds.train_y) + 7)  # more than there are: cycled
+    np.testing.assert_array_equal(x[-7:], ds.train_x[:7])
+    x, y, data = bench.bench_images(cfg, (3, 28, 28), 10, 16)  # a shape the dataset does not have
+    assert data.startswith("random images") and x.shape == (16, 3, 28, 28)
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    moved = small_config.parent / "moved.yaml"
+    moved.write_text(small_config.read_text().replace("download: false", f"download: true\n  root: {empty}"))
+    x, y, data = bench.bench_images(load_experiment(moved).cfg, (1, 28, 28), 10, 16)
+    assert data == "random images (the dataset is not on disk)", "never downloaded, even with download: true"
+    assert list(empty.iterdir()) == [] and x.shape == (16, 1, 28, 28) and y.max() < 10
+
+    seen = []
+    real_step = bench.train_step
+    monkeypatch.setattr(bench, "train_step", lambda *a, **k: seen.append(a[3][0].tobytes()) or real_step(*a, **k))
+    result = invoke("bench", small_config, "--steps", "10", "--batch-size", "8", "--no-profile", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["data"] == "mnist training images"
+    firsts = [image.tobytes() for image in ds.train_x[: 8 * bench.BATCHES : 8]]
+    assert seen == [firsts[i % bench.BATCHES] for i in range(15)]  # 5 warm-up and 10 timed steps, cycling
+
+
 def test_bench_steps_the_batch_it_is_given_over_the_processes_a_run_would_use(small_config, monkeypatch):
     import cnntrain.bench as bench
 

@@ -20,7 +20,7 @@ from .build import Experiment
 from .callbacks import ThreadPolicy
 from .data.splits import load_dataset, static_input_shape
 from .errors import CnnTrainError
-from .memory import keep_freed_memory
+from .memory import keep_freed_memory, release_freed_memory
 from .parallel import choose_workers, gradients_for
 from .threads import TrainingProcesses, blas_library
 from .train import train_step
@@ -91,7 +91,8 @@ def benchmark(exp: Experiment, batch_size: int | None = None, steps: int = 50, w
     batch = batch_size or (cfg.train.batch_size if isinstance(cfg.train.batch_size, int) else 64)
     classes = 2 if model.out_shape[0] == 1 else model.out_shape[0]
     x_u8, y, data = bench_images(cfg, in_shape, classes, max(BATCHES * batch, cfg.train.eval_batch_size))
-    reset_peak_memory()  # the dataset it took them from is gone: peak memory is the steps' own
+    release_freed_memory()  # the dataset it took them from is gone: peak memory is the steps' own
+    reset_peak_memory()
     keep_freed_memory()  # as a training run does (after the dataset, whose memory it would keep)
     preprocess = exp.preprocess(in_shape[0], x_u8)
     lr = cfg.optimizer.lr

@@ -303,6 +303,31 @@ def test_bench_times_the_configs_own_training_images_when_they_are_on_disk(small
     assert seen == [firsts[i % bench.BATCHES] for i in range(15)]  # 5 warm-up and 10 timed steps, cycling
 
 
+def test_bench_peak_memory_is_counted_after_the_freed_dataset_went_back_to_the_os():
+    """keep_freed_memory holds freed blocks (a training run's steps reuse them); release_freed_memory gives
+    them back, and reset_peak_memory starts the peak from there. In a fresh process: peaks are per process."""
+    code = """
+import numpy as np
+from cnntrain.bench import peak_rss_mb, reset_peak_memory
+from cnntrain.memory import keep_freed_memory, release_freed_memory
+assert keep_freed_memory()
+base = peak_rss_mb()
+a = np.ones(64 << 20, dtype=np.uint8)  # 64 MiB, from the heap now, every page touched
+high = peak_rss_mb()
+del a
+assert reset_peak_memory()
+kept = peak_rss_mb()
+assert release_freed_memory()
+assert reset_peak_memory()
+print(base, high, kept, peak_rss_mb())
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    base, high, kept, after = map(float, out.split())
+    assert high > base + 60, (base, high)
+    assert kept > base + 60, "freed but kept by the process: still resident"
+    assert after < base + 8, (base, after)
+
+
 def test_bench_steps_the_batch_it_is_given_over_the_processes_a_run_would_use(small_config, monkeypatch):
     import cnntrain.bench as bench
 

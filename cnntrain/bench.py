@@ -22,7 +22,7 @@ from .data.splits import load_dataset, static_input_shape
 from .errors import CnnTrainError
 from .memory import keep_freed_memory, release_freed_memory
 from .parallel import choose_workers, gradients_for
-from .threads import TrainingProcesses, blas_library
+from .threads import TrainingProcesses, blas_hint, blas_library
 from .train import train_step
 
 
@@ -164,7 +164,7 @@ def _measure(cfg, model, loss, optimizer, penalty, preprocess, x_u8, batches, lr
               "infer_images_per_s": len(x_eval) / infer_time,
               "train_gflops": train_flops * batch / train_time / 1e9,
               "infer_gflops": infer_flops * len(x_eval) / infer_time / 1e9, "gemm_gflops": ceiling,
-              "blas": blas_library(),
+              "blas": blas_library(), "blas_hint": blas_hint(),
               "train_peak_memory_mb": train_peak, "peak_memory_mb": peak_rss_mb(), "layers": []}
     result["train_ceiling_share"] = result["train_gflops"] / ceiling
     result["infer_ceiling_share"] = result["infer_gflops"] / ceiling

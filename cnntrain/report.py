@@ -61,7 +61,7 @@ def bench_lines(r: dict) -> list[str]:
              f"{r['train_gflops']:6.1f} GFLOP/s  {100 * r['train_ceiling_share']:4.0f}% of NumPy's GEMM",
              f"inference: {r['infer_images_per_s']:>9,.0f} images/s  {'':16}  {r['infer_gflops']:6.1f} GFLOP/s  "
              f"{100 * r['infer_ceiling_share']:4.0f}% of NumPy's GEMM",
-             f"BLAS: {r['blas']}",
+             f"BLAS: {r['blas']}", *([f"hint: {r['blas_hint']}"] if r.get("blas_hint") else []),
              f"NumPy float32 GEMM here: {r['gemm_gflops']:.0f} GFLOP/s; peak memory {r['train_peak_memory_mb']:.0f} MiB "
              f"training, {r['peak_memory_mb']:.0f} MiB with inference"]
     if r["layers"]:

@@ -174,6 +174,39 @@ def blas_library() -> str:
     return "; ".join(described) or "unknown BLAS"
 
 
+# OpenBLAS's kernel sets that use AVX-512, and the CPU flags they need (Linux lists a flag only
+# where the kernel saves its registers, so a listed flag is usable)
+AVX512_KERNELS = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
+AVX512_FLAGS = frozenset({"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"})
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The instruction-set flags of the first CPU in `cpuinfo` (none where there is no such file)."""
+    try:
+        with open(cpuinfo, encoding="ascii", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "flags":
+                    return frozenset(value.split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def blas_hint(cpuinfo: str = "/proc/cpuinfo") -> str | None:
+    """A line for `cnntrain bench` when OPENBLAS_CORETYPE keeps OpenBLAS off the AVX-512 kernels of a CPU
+    that has them (the products then run at about half speed), else None."""
+    chosen = os.environ.get("OPENBLAS_CORETYPE")
+    if not chosen or chosen.lower() in AVX512_KERNELS or not AVX512_FLAGS <= cpu_flags(cpuinfo):
+        return None
+    kernels = [lib.architecture for lib in _blas_libraries()
+               if lib.internal_api == "openblas" and getattr(lib, "architecture", None)]
+    if not kernels or any(k.lower() in AVX512_KERNELS for k in kernels):
+        return None
+    return (f"this CPU has AVX-512, which OPENBLAS_CORETYPE={chosen} leaves unused: without it "
+            "(env -u OPENBLAS_CORETYPE) products run up to twice as fast, if you need not match other machines' bits")
+
+
 def set_blas_threads(n: int) -> None:
     for lib in _blas_libraries():
         lib.set_num_threads(n)

@@ -266,6 +266,7 @@ def test_bench_headline_is_the_real_step_and_flops_follow_the_layer_formulas(sma
     assert r["train_step_ms"] == pytest.approx(16e3 / r["train_images_per_s"], rel=1e-9)
     assert 0 < r["train_peak_memory_mb"] <= r["peak_memory_mb"]
     assert r["eval_batch_size"] == 1000
+    assert r["blas"].startswith("OpenBLAS ") and "blas_hint" in r  # NumPy's wheels bring OpenBLAS
 
 
 def test_bench_times_the_configs_own_training_images_when_they_are_on_disk(small_config, tmp_path, monkeypatch):

@@ -150,3 +150,26 @@ def test_blas_library_reports_the_kernels_openblas_loaded():
                          env={**os.environ, "OPENBLAS_CORETYPE": "Sandybridge"}).stdout.splitlines()
     assert out[0].startswith("OpenBLAS ") and out[0].endswith(", Sandybridge kernels (set by OPENBLAS_CORETYPE)"), out
     assert out[1] == "['Sandybridge']", out
+
+
+def test_bench_hints_at_avx512_kernels_only_when_the_environment_keeps_openblas_off_them(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    avx512 = tmp_path / "avx512"
+    avx512.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 fma avx512f avx512dq avx512cd avx512bw avx512vl\n")
+    avx2 = tmp_path / "avx2"
+    avx2.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 fma\n")
+    assert threads.cpu_flags(str(avx2)) == {"fpu", "sse", "avx2", "fma"}
+    assert threads.cpu_flags(str(tmp_path / "missing")) == frozenset()
+    loaded = SimpleNamespace(internal_api="openblas", version="0.3.31", architecture="Haswell", user_api="blas")
+    monkeypatch.setattr(threads, "_blas_libraries", lambda: [loaded])
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    hint = threads.blas_hint(str(avx512))
+    assert hint.startswith("this CPU has AVX-512, which OPENBLAS_CORETYPE=Haswell leaves unused")
+    assert "env -u OPENBLAS_CORETYPE" in hint
+    assert threads.blas_hint(str(avx2)) is None, "no AVX-512 to use"
+    monkeypatch.delenv("OPENBLAS_CORETYPE")
+    assert threads.blas_hint(str(avx512)) is None, "OpenBLAS chose for itself"
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "SkylakeX")
+    loaded.architecture = "SkylakeX"
+    assert threads.blas_hint(str(avx512)) is None, "pinned to the AVX-512 kernels already"

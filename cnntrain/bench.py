@@ -11,7 +11,6 @@ from __future__ import annotations
 import resource
 import sys
 import time
-
 from dataclasses import replace
 
 import numpy as np
@@ -116,8 +115,8 @@ BATCHES = 8  # distinct batches the timed steps cycle through
 
 
 def bench_images(cfg, in_shape, classes: int, n: int) -> tuple[np.ndarray, np.ndarray, str]:
-    """(uint8 images, labels, what they are): the first n training images of the config's dataset when
-    it is on disk (never downloaded), as cycled through, else random ones.
+    """(n uint8 images, labels, what they are): the config's training images from the first on, repeated
+    if there are fewer than n, when the dataset is on disk (it is never downloaded for this); else random.
 
     Real images time what a run's steps do with them: MNIST's blank margins make whole max-pool
     windows tie, and a tie takes max-pool backward's slower exact path (random images never tie).

@@ -132,7 +132,7 @@ def tiling_maxpool_backward_nhwc(xp: np.ndarray, y: np.ndarray, dy: np.ndarray, 
     dy to every position equal to its window's maximum, which is the first one only when the
     window holds a single one. Ties (MNIST's blank margins give whole windows of equal values)
     change nothing where the window's dy is 0, as it is wherever the ReLU after the pool is off
-    (a blank margin's value there is a bias, often not positive): so the result stands when each
+    (a blank margin's value there is one constant, often not positive): so the result stands when each
     window with a nonzero dy put exactly one nonzero into dx. Otherwise (a tie under a nonzero
     dy, or a NaN) None says to use maxpool_backward_nhwc; resolving ties over long rows measured
     no faster than that loop.

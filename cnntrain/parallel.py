@@ -73,8 +73,8 @@ def gradients_for(model, loss, workers: int, batch_size: int, chunk_size: int, p
 class DataParallel:
     """Batch gradients computed by `workers` processes; the same call as train.batch_gradients.
 
-    Worker processes start at the first step (a run that never steps never starts one) and stop
-    at close(). A pass that cannot be split (fewer rows than workers, or more than `rows`)
+    Worker processes start at start(), which a run calls before its first epoch, or else at the
+    first step, and stop at close(). A pass that cannot be split (fewer rows than workers, or more than `rows`)
     runs here alone, with the same result up to rounding (the masks are counter-based and the
     batch's statistics are the batch's either way), and so do all steps while other runs leave
     this one fewer cores than workers. Workers are `python -m cnntrain.share`
@@ -95,6 +95,18 @@ class DataParallel:
         self.arrays = None
 
     # --- lifecycle ---
+    def start(self, x: np.ndarray, y: np.ndarray) -> None:
+        """Start the worker processes now and wait until they are ready, so that the first step,
+        which an epoch's clock times, does not (0.1 s here: rank 0's setup and the workers'
+        imports). x, y: rows like those the steps will pass (their shape and dtype size the
+        shared memory). Does nothing once started."""
+        if self.arrays is None:
+            try:
+                self._start(x, y)
+            except BaseException:
+                self.close()
+                raise
+
     def _start(self, x: np.ndarray, y: np.ndarray) -> None:
         B, W = self.rows, self.workers
         params = self.model.named_params()
@@ -129,6 +141,8 @@ class DataParallel:
         finally:
             os.close(shm_fd)
         self.reducer = Reducer(0, self.arrays["slots"], self.arrays["results"], self.up, self.down, self._failure)
+        for rank in range(1, W):  # each says "ready" once it has the network and the shared memory
+            self._reply(rank)
 
     def close(self) -> None:
         """Stop the worker processes (they also stop by themselves when this process dies).
@@ -196,9 +210,9 @@ class DataParallel:
         if n < self.workers or n > self.rows:
             return batch_gradients(model, loss, x_u8, y, transform, n)
         x = transform(x_u8)
-        if self.arrays is None:
-            self._start(x, y)
         try:
+            if self.arrays is None:
+                self._start(x, y)
             return self._step(model, loss, x, y)
         except BaseException:
             self.close()  # workers may be waiting inside the failed step; the next step starts new ones

@@ -20,7 +20,7 @@ from .data.splits import load_splits
 from .errors import ConfigError, RunError, RunInterrupted
 from .memory import keep_freed_memory
 from .monitor import Monitor
-from .parallel import choose_workers, gradients_for
+from .parallel import DataParallel, choose_workers, gradients_for
 from .runs import (atomic_write_text, json_number, load_checkpoint, make_run_dir, split_state, truncate_csv,
                    write_json)
 from .tensorboard import TensorBoardLogger, require_tensorboard
@@ -188,6 +188,9 @@ def _train(exp: Experiment, run_dir: Path, setup: Setup, state: TrainState, echo
     try:
         with (gradients_for(model, loss, workers, loader.batch_size, setup.chunk_size, threads) as gradients,
               stop_on_signals() as stop_requested):
+            if isinstance(gradients, DataParallel) and state.epoch < cfg.train.epochs:
+                # the workers start before the clock of the first epoch does, which then times steps alone
+                gradients.start(loader.transform(splits.train[0][:1]), splits.train[1][:1])
             state = fit(model, loss, setup.optimizer, setup.schedule, loader, splits.val, cfg.train.epochs, callbacks,
                         state, eval_batch_size=cfg.train.eval_batch_size, penalty=setup.penalty,
                         momentum=setup.momentum, chunk_size=setup.chunk_size,

@@ -77,6 +77,7 @@ def worker(rank: int, workers: int, shm_fd: int, up: int, down: int, conn_fd: in
     ups, downs = [None] * workers, [None] * workers
     ups[rank], downs[rank] = up, down
     reducer = Reducer(rank, arrays["slots"], arrays["results"], ups, downs)
+    conn.send("ready")
     current = None
     replied = None  # when this rank last replied
     spin = True

@@ -177,6 +177,42 @@ def test_a_worker_that_dies_is_a_run_error_not_a_hang(layers):
         assert time.monotonic() - started < 10
 
 
+def test_start_readies_the_workers_before_any_step_and_a_worker_that_cannot_start_is_a_run_error(monkeypatch):
+    loss = LOSSES.create("softmax_cross_entropy")
+    serial, parallel = network(), network()
+    x, y = batch(8)
+    with DataParallel(parallel, loss, 2, rows=8) as dp:
+        dp.start(x[:1], y[:1])
+        (proc,) = dp.procs
+        assert proc.poll() is None and not dp.conns[0].poll(), "started, and its ready message already taken"
+        dp.start(x[:1], y[:1])
+        assert dp.procs == [proc], "a second start changes nothing"
+        _, _, got = dp(parallel, loss, x, y, same, 8)
+        assert dp.procs == [proc]
+        _, _, want = batch_gradients(serial, loss, x, y, same, 8)
+        for key in want:
+            np.testing.assert_allclose(got[key], want[key], rtol=1e-10, atol=1e-12, err_msg=key)
+
+    import cnntrain.parallel as parallel_module
+
+    monkeypatch.setattr(parallel_module.sys, "executable", "/bin/false")  # a worker that exits at once
+    with DataParallel(network(), loss, 2, rows=8) as dp:
+        started = time.monotonic()
+        with pytest.raises(RunError, match=r"data parallel worker 1 stopped \(exit code 1\)"):
+            dp.start(x[:1], y[:1])
+        assert dp.procs == [] and dp.arrays is None and time.monotonic() - started < 10
+
+
+def test_a_run_starts_its_workers_before_the_first_epoch_is_timed(tmp_path, monkeypatch):
+    import cnntrain.session as session
+
+    seen = []
+    real_fit = session.fit
+    monkeypatch.setattr(session, "fit", lambda *a, **k: seen.append(len(k["gradients"].procs)) or real_fit(*a, **k))
+    run(tmp_path, 2, "--set", "train.epochs=1")
+    assert seen == [1], "the worker was running when fit() began"
+
+
 def test_workers_end_with_the_process_that_started_them(tmp_path):
     script = tmp_path / "parent.py"
     script.write_text(f"""

@@ -9,8 +9,9 @@ Adam or the config's AdamW, float32) and inference (batch 1000) on the same batc
 a shared .npy file (real MNIST, or generated 3x32x32 images for the CIFAR-10 network); data
 loading is excluded for both. The order of the frameworks alternates between rounds, and the
 table reports each median and the cnntrain / PyTorch ratio. Both get the same thread count.
-A third process per round times only the step's matrix products at their shapes (gemm_floor.py):
-the speed a NumPy im2col + sgemm step could reach if everything else in it were free.
+A third process per round times only the step's matrix products at their shapes (gemm_floor.py),
+split over one-thread workers as cnntrain splits its steps: the speed a NumPy im2col + sgemm
+step could reach if everything else in it were free.
 """
 
 from __future__ import annotations
@@ -75,14 +76,14 @@ def write_data(path: Path, shape) -> None:
     np.savez(path, x=x, y=y.astype(np.int64))
 
 
-def run_worker(framework: str, spec: dict, data: str, steps: int, warmup: int) -> dict:
+def run_worker(framework: str, spec: dict, data: str, steps: int, warmup: int, threads: int = 1) -> dict:
     import numpy as np
 
-    if framework == "gemm":
+    if framework == "gemm":  # split over `threads` one-thread workers, as cnntrain trains and evaluates
         from gemm_floor import gemm_images_per_second
 
-        return {"train": gemm_images_per_second(spec, TRAIN_BATCH, training=True),
-                "infer": gemm_images_per_second(spec, INFER_BATCH, training=False)}
+        return {"train": gemm_images_per_second(spec, TRAIN_BATCH, training=True, processes=threads),
+                "infer": gemm_images_per_second(spec, INFER_BATCH, training=False, processes=threads)}
 
     with np.load(data) as f:
         x, y = f["x"], f["y"]
@@ -203,7 +204,7 @@ def worker_main(args) -> None:
         from cnntrain.threads import quiet_idle_blas_threads
 
         quiet_idle_blas_threads()
-    result = run_worker(args.framework, json.loads(args.spec), args.data, args.steps, args.warmup)
+    result = run_worker(args.framework, json.loads(args.spec), args.data, args.steps, args.warmup, args.threads)
     print(json.dumps(result))
 
 

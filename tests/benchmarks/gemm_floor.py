@@ -56,7 +56,7 @@ def gemm_shapes(spec: dict, batch: int, training: bool = True) -> list[tuple[str
     return shapes
 
 
-@functools.cache
+@functools.cache  # a convolution's blocks repeat one shape
 def time_gemm(M: int, K: int, N: int, repeats: int) -> float:
     rng = np.random.default_rng(0)
     a = rng.standard_normal((M, K), dtype=np.float32)
@@ -71,9 +71,23 @@ def time_gemm(M: int, K: int, N: int, repeats: int) -> float:
     return statistics.median(times)
 
 
-def gemm_images_per_second(spec: dict, batch: int, training: bool, repeats: int = 30) -> float:
-    """Images/s of a step (or forward pass) that did nothing but its GEMMs."""
-    return batch / sum(time_gemm(M, K, N, repeats) for _, M, K, N in gemm_shapes(spec, batch, training))
+def gemm_images_per_second(spec: dict, batch: int, training: bool, repeats: int = 30, processes: int = 1) -> float:
+    """Images/s of a step (or forward pass) that did nothing but its GEMMs.
+
+    processes > 1: as cnntrain splits a batch (data parallel training, the rows of an evaluation
+    batch), each of `processes` workers multiplies its 1/processes of the rows on one BLAS thread;
+    this times one worker's products and counts all of them as running side by side.
+    """
+    if processes <= 1:
+        return batch / sum(time_gemm(M, K, N, repeats) for _, M, K, N in gemm_shapes(spec, batch, training))
+    from threadpoolctl import threadpool_limits
+
+    share = batch // processes
+    time_gemm.cache_clear()  # timings on other thread counts are no guide
+    with threadpool_limits(limits=1, user_api="blas"):
+        seconds = sum(time_gemm(M, K, N, repeats) for _, M, K, N in gemm_shapes(spec, share, training))
+    time_gemm.cache_clear()
+    return processes * share / seconds
 
 
 def main() -> None:

@@ -8,8 +8,7 @@ measured afterwards in separate, instrumented passes, in this process.
 
 from __future__ import annotations
 
-import resource
-import sys
+import itertools
 import time
 from dataclasses import replace
 
@@ -19,33 +18,10 @@ from .build import Experiment
 from .callbacks import ThreadPolicy
 from .data.splits import load_dataset, static_input_shape
 from .errors import CnnTrainError
-from .memory import keep_freed_memory, release_freed_memory
+from .memory import keep_freed_memory, peak_rss_mb, release_freed_memory, reset_peak_memory
 from .parallel import choose_workers, gradients_for
 from .threads import TrainingProcesses, blas_hint, blas_library
 from .train import train_step
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process since it started or since reset_peak_memory(), in MiB."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
-
-
-def reset_peak_memory() -> bool:
-    """Start peak_rss_mb() again from the current footprint (Linux: /proc/self/clear_refs); False where it can't."""
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def gemm_gflops(n: int = 1024, repeats: int = 5) -> float:
@@ -139,11 +115,10 @@ def bench_images(cfg, in_shape, classes: int, n: int) -> tuple[np.ndarray, np.nd
 def _measure(cfg, model, loss, optimizer, penalty, preprocess, x_u8, batches, lr, steps, warmup, profile,
              gradients, chunk) -> dict:
     batch = len(batches[0][1])
-    done = [0]
+    cycled = itertools.cycle(batches)
 
     def step():
-        xb, yb = batches[done[0] % len(batches)]
-        done[0] += 1
+        xb, yb = next(cycled)
         train_step(model, loss, optimizer, xb, yb, preprocess, lr, chunk, penalty,
                    cfg.train.grad_clip_norm, gradients=gradients)
 

@@ -99,7 +99,7 @@ class DataParallel:
         """Start the worker processes now and wait until they are ready, so that the first step,
         which an epoch's clock times, does not (0.1 s here: rank 0's setup and the workers'
         imports). x, y: rows like those the steps will pass (their shape and dtype size the
-        shared memory). Does nothing once started."""
+        shared memory). Does nothing once started; a step starts them itself if need be."""
         if self.arrays is None:
             try:
                 self._start(x, y)
@@ -210,9 +210,8 @@ class DataParallel:
         if n < self.workers or n > self.rows:
             return batch_gradients(model, loss, x_u8, y, transform, n)
         x = transform(x_u8)
+        self.start(x, y)
         try:
-            if self.arrays is None:
-                self._start(x, y)
             return self._step(model, loss, x, y)
         except BaseException:
             self.close()  # workers may be waiting inside the failed step; the next step starts new ones

@@ -168,7 +168,7 @@ def blas_library() -> str:
         text = " ".join(filter(None, [names.get(lib.internal_api, lib.internal_api), lib.version]))
         kernels = getattr(lib, "architecture", None)
         if kernels:
-            chosen = os.environ.get("OPENBLAS_CORETYPE") if lib.internal_api == "openblas" else None
+            chosen = lib.internal_api == "openblas" and "OPENBLAS_CORETYPE" in os.environ
             text += f", {kernels} kernels" + (" (set by OPENBLAS_CORETYPE)" if chosen else "")
         described.append(text)
     return "; ".join(described) or "unknown BLAS"
@@ -197,7 +197,7 @@ def blas_hint(cpuinfo: str = "/proc/cpuinfo") -> str | None:
     """A line for `cnntrain bench` when OPENBLAS_CORETYPE keeps OpenBLAS off the AVX-512 kernels of a CPU
     that has them (the products then run at about half speed), else None."""
     chosen = os.environ.get("OPENBLAS_CORETYPE")
-    if not chosen or chosen.lower() in AVX512_KERNELS or not AVX512_FLAGS <= cpu_flags(cpuinfo):
+    if not chosen or not AVX512_FLAGS <= cpu_flags(cpuinfo):
         return None
     kernels = [lib.architecture for lib in _blas_libraries()
                if lib.internal_api == "openblas" and getattr(lib, "architecture", None)]

@@ -309,8 +309,7 @@ def test_bench_peak_memory_is_counted_after_the_freed_dataset_went_back_to_the_o
     them back, and reset_peak_memory starts the peak from there. In a fresh process: peaks are per process."""
     code = """
 import numpy as np
-from cnntrain.bench import peak_rss_mb, reset_peak_memory
-from cnntrain.memory import keep_freed_memory, release_freed_memory
+from cnntrain.memory import keep_freed_memory, peak_rss_mb, release_freed_memory, reset_peak_memory
 assert keep_freed_memory()
 base = peak_rss_mb()
 a = np.ones(64 << 20, dtype=np.uint8)  # 64 MiB, from the heap now, every page touched

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .flat import flat_pair
 from .registry import LOSSES
 
 
@@ -161,6 +162,7 @@ class L2Penalty:
 
     def __init__(self, coefs: dict[str, float]):
         self.coefs = {name: c for name, c in coefs.items() if c}
+        self._runs = (None, [])  # (layout, its runs of equal coefficients)
 
     def __bool__(self) -> bool:
         return bool(self.coefs)
@@ -168,6 +170,17 @@ class L2Penalty:
     def apply(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> float:
         """Add the penalty's gradient to grads in place; return the penalty."""
         total = 0.0
+        packed = flat_pair(params, grads)
+        if packed is not None:  # one pass per run of equal coefficients (weights are packed first)
+            p, g = (d.data for d in packed)
+            layout = packed[0].layout
+            if self._runs[0] is not layout:
+                self._runs = (layout, layout.runs(lambda name: self.coefs.get(name, 0.0)))
+            for a, b, c in self._runs[1]:
+                if c:
+                    g[a:b] += c * p[a:b]
+                    total += 0.5 * c * float(np.vdot(p[a:b], p[a:b]))
+            return total
         for name, c in self.coefs.items():
             p = params[name]
             grads[name] += c * p

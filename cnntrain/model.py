@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .flat import FlatDict, Layout
 from .layers.base import Layer
+from .optim.optimizers import decays
 
 EVAL_MIN_ROWS = 128  # rows per thread below which an evaluation forward stays on one thread
 
@@ -17,6 +19,7 @@ class Sequential:
         self.in_shape: tuple[int, ...] | None = None
         self.out_shape: tuple[int, ...] | None = None
         self._swapped: set[int] = set()  # ReLUs the last training forward ran after their max pool
+        self._packed: tuple[FlatDict, FlatDict] | None = None  # parameter and gradient views (pack)
 
     def build(self, in_shape, rng: np.random.Generator) -> tuple[int, ...]:
         """Create every parameter; ValueError naming the layer index, type and shapes on a misfit."""
@@ -27,7 +30,27 @@ class Sequential:
             except ValueError as exc:
                 raise ValueError(f"layer {i} ({layer.registry_name}) with input shape {shape}: {exc}") from None
         self.out_shape = shape
+        self.pack()
         return shape
+
+    def pack(self) -> None:
+        """Move every parameter into one contiguous buffer, weights (decayed) first, and keep a
+        gradient buffer of the same layout (flat.py: the optimizer, the L2 penalty and the norm
+        then make one pass over all of them). Nothing is packed when the dtypes differ."""
+        params = self._named("params")
+        self._packed = None
+        if not params or len({p.dtype for p in params.values()}) != 1:
+            return
+        order = sorted(params, key=lambda name: not decays(name))  # stable: layer order within each group
+        layout = Layout({name: params[name].shape for name in order})
+        dtype = next(iter(params.values())).dtype
+        views = layout.views(np.empty(layout.size, dtype=dtype))
+        for name, view in views.items():
+            view[...] = params[name]
+        for i, layer in enumerate(self.layers):
+            for key in layer.params:
+                layer.params[key] = views[f"layers.{i}.{key}"]
+        self._packed = (views, layout.views(np.zeros(layout.size, dtype=dtype)))
 
     def forward(self, x: np.ndarray, training: bool) -> np.ndarray:
         """The network's output for a batch x (training: caches for backward).
@@ -118,10 +141,40 @@ class Sequential:
                 for i, layer in enumerate(self.layers) for key, value in getattr(layer, attr).items()}
 
     def named_params(self) -> dict[str, np.ndarray]:
-        return self._named("params")
+        """{stable name: parameter}; a FlatDict (flat.py) while every parameter is still its packed view."""
+        params = self._named("params")
+        if self._packed is not None:
+            views = self._packed[0]
+            if len(params) == len(views) and all(views.get(k) is v for k, v in params.items()):
+                return views
+        return params
 
     def named_grads(self) -> dict[str, np.ndarray]:
         return self._named("grads")
+
+    def packed_grads(self, grads: dict[str, np.ndarray], *more: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """grads plus any `more` (named alike: other ranks' gradients), summed in that order into the
+        gradient buffer and returned as its FlatDict, the layers' grads rebound to those views (so an
+        in-place change, such as the L2 term, is theirs too). While the parameters are not packed,
+        `more` is added to grads in place and grads is returned."""
+        views = self._packed[1] if self._packed is not None else None
+        if views is None or not isinstance(self.named_params(), FlatDict) or grads.keys() != views.keys():
+            for other in more:
+                for name, g in grads.items():
+                    g += other[name]
+            return grads
+        for name, view in views.items():
+            g = grads[name]
+            if more:
+                np.add(g, more[0][name], out=view)
+                for other in more[1:]:
+                    view += other[name]
+            elif g is not view:
+                np.copyto(view, g)
+        for i, layer in enumerate(self.layers):
+            for key in layer.params:  # grads share the parameters' keys
+                layer.grads[key] = views[f"layers.{i}.{key}"]
+        return views
 
     def named_buffers(self) -> dict[str, np.ndarray]:
         return self._named("buffers")
@@ -144,7 +197,8 @@ class Sequential:
         for i, layer in enumerate(self.layers):
             for store in (layer.params, layer.buffers):
                 for key in store:
-                    store[key] = np.array(state[f"layers.{i}.{key}"], dtype=store[key].dtype)
+                    # into the arrays themselves: packed parameters stay packed
+                    np.copyto(store[key], state[f"layers.{i}.{key}"], casting="unsafe")
 
     def astype(self, dtype) -> "Sequential":
         """Cast every parameter and buffer in place (float64 for gradient checks)."""
@@ -152,6 +206,7 @@ class Sequential:
             for store in (layer.params, layer.buffers):
                 for key in store:
                     store[key] = store[key].astype(dtype)
+        self.pack()
         return self
 
     def summary_rows(self) -> list[dict]:

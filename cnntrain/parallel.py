@@ -245,9 +245,8 @@ class DataParallel:
         for rank, (rank_loss, rank_correct) in enumerate(replies, start=1):
             total += rank_loss * (bounds[rank + 1] - bounds[rank]) / n
             correct += rank_correct
-            for name, g in grads.items():
-                g += arrays[f"grad{rank}/{name}"]
-        return total, correct, grads
+        others = [{name: arrays[f"grad{rank}/{name}"] for name in grads} for rank in range(1, W)]
+        return total, correct, model.packed_grads(grads, *others)  # summed in rank order
 
 
 def _check_reply(rank: int, message):

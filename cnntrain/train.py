@@ -11,6 +11,7 @@ import numpy as np
 
 from .data.loader import batches
 from .errors import RunError
+from .flat import flat
 
 EPOCH_COLUMNS = ["epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "reg_loss"]
 STEP_COLUMNS = ["step", "epoch", "loss", "acc", "lr"]
@@ -94,6 +95,9 @@ def evaluate(model, loss, x: np.ndarray, y: np.ndarray, preprocess, batch_size: 
 
 def global_norm(grads: dict[str, np.ndarray]) -> float:
     """sqrt of the sum of squares of every gradient entry (NaN or inf if any entry is)."""
+    packed = flat(grads)
+    if packed is not None:
+        return math.sqrt(float(np.vdot(packed.data, packed.data)))
     return math.sqrt(sum(float(np.vdot(g, g)) for g in grads.values()))
 
 
@@ -148,6 +152,7 @@ def train_step(model, loss, optimizer, x_u8, y, transform, lr: float, chunk_size
     """
     params = model.named_params()
     total, correct, grads = gradients(model, loss, x_u8, y, transform, chunk_size)
+    grads = model.packed_grads(grads)  # one buffer: the penalty, the norm and the update make one pass each
     if not math.isfinite(total):
         return total, correct, 0.0, math.nan
     reg = penalty.apply(params, grads) if penalty else 0.0
@@ -156,7 +161,10 @@ def train_step(model, loss, optimizer, x_u8, y, transform, lr: float, chunk_size
         return total, correct, reg, norm
     if grad_clip_norm is not None and norm > grad_clip_norm:
         scale = grad_clip_norm / norm
-        grads = {k: g * g.dtype.type(scale) for k, g in grads.items()}
+        if flat(grads) is not None:  # the model's own gradient buffer
+            grads.data *= grads.data.dtype.type(scale)
+        else:
+            grads = {k: g * g.dtype.type(scale) for k, g in grads.items()}
     for cb in callbacks:
         cb.on_before_update(state, params, grads)
     optimizer.step(params, grads, lr)

@@ -11,6 +11,7 @@ import threading
 
 import numpy as np
 
+from ..flat import FlatDict, flat, flat_pair
 from ..registry import OPTIMIZERS
 from ..threads import thread_pool
 
@@ -52,10 +53,23 @@ class Optimizer:
         self.t = 0
         self._scratch: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         self._whole: dict[str, np.ndarray] = {}  # parameters being updated in pieces
+        self._flat = None  # (packed parameter buffer, {slot: flat array}, runs, layout): see _bind
         self.threads = 1
 
     def slot(self, name: str, slot: str, like: np.ndarray) -> np.ndarray:
-        """The named state array of a parameter (or of the piece of it `like` is), created as zeros on first use."""
+        """The named state array of a parameter (or of the piece of it `like` is), created as zeros on first use.
+
+        For packed parameters (flat.py) every slot is one flat array too, laid out as the parameters:
+        `like` may then be any span of the buffer, and state[name][slot] are views into it.
+        """
+        if self._flat is not None:
+            data = self._flat[0]
+            start = (like.__array_interface__["data"][0] - data.__array_interface__["data"][0]) // like.itemsize
+            if 0 <= start and start + like.size <= data.size and like.dtype == data.dtype:
+                flat_slot = self._flat[1].get(slot)
+                if flat_slot is None:
+                    flat_slot = self._flat_slot(slot)
+                return flat_slot[start : start + like.size].reshape(like.shape)
         whole = self._whole.get(name)
         slots = self.state.setdefault(name, {})
         if slot not in slots:
@@ -67,16 +81,51 @@ class Optimizer:
         start = (like.__array_interface__["data"][0] - whole.__array_interface__["data"][0]) // like.itemsize
         return slots[slot].reshape(-1)[start : start + like.size]
 
+    def _bind(self, params: FlatDict) -> None:
+        """Keep the state of packed parameters in flat slots (made by _flat_slot when first used), and
+        the buffer's runs of decayed and other parameters, each named by its first parameter."""
+        names = {a: name for name, (a, _) in params.layout.spans.items()}
+        runs = [(a, b, names[a]) for a, b, _ in params.layout.runs(decays)]
+        self._flat = (params.data, {}, runs, params.layout)
+
+    def _flat_slot(self, slot: str) -> np.ndarray:
+        """A flat slot, holding the per-parameter state there is (a checkpoint's, or of steps before packing)."""
+        data, slots, _, layout = self._flat
+        with _slots_lock:
+            if slot not in slots:
+                flat_slot = np.zeros_like(data)
+                for name, view in layout.views(flat_slot).items():
+                    old = self.state.get(name, {}).get(slot)
+                    if old is not None:
+                        view[...] = old
+                    self.state.setdefault(name, {})[slot] = view
+                slots[slot] = flat_slot
+        return slots[slot]
+
     def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], lr: float | None = None) -> None:
-        """One update of every parameter, in place; t counts updates from 1."""
+        """One update of every parameter, in place; t counts updates from 1.
+
+        Packed parameters with packed gradients (flat.py) take one update per run of weights and of
+        the rest: the same values, with a dozen NumPy calls per step instead of a dozen per array.
+        """
         lr = self.lr if lr is None else lr
         self.t += 1
+        packed = flat(params)
+        if packed is not None and (self._flat is None or self._flat[0] is not packed.data):
+            self._bind(packed)
+        if packed is not None and flat_pair(params, grads) is not None:
+            for a, b, name in self._flat[2]:
+                self._update(name, packed.data[a:b], grads.data[a:b], lr)
+            return
         for name, p in params.items():
-            g = self.gradient(name, p, grads[name])
-            if self.threads > 1 and p.size >= THREADED_MIN and p.flags.c_contiguous and g.flags.c_contiguous:
-                self._update_in_pieces(name, p, g, lr)
-            else:
-                self.update(name, p, g, lr)
+            self._update(name, p, grads[name], lr)
+
+    def _update(self, name: str, p: np.ndarray, g: np.ndarray, lr: float) -> None:
+        g = self.gradient(name, p, g)
+        if self.threads > 1 and p.size >= THREADED_MIN and p.flags.c_contiguous and g.flags.c_contiguous:
+            self._update_in_pieces(name, p, g, lr)
+        else:
+            self.update(name, p, g, lr)
 
     def _update_in_pieces(self, name: str, p: np.ndarray, g: np.ndarray, lr: float) -> None:
         flat_p, flat_g = p.reshape(-1), g.reshape(-1)
@@ -115,6 +164,7 @@ class Optimizer:
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         self.t = int(state["optim/t"])
         self.state = {}
+        self._flat = None  # flat slots are rebuilt from this state at the next step
         for key, value in state.items():
             if key != "optim/t" and key.startswith("optim/"):
                 name, slot = key[len("optim/"):].rsplit("/", 1)

@@ -193,6 +193,45 @@ def test_each_conv_takes_the_input_gradient_kernel_measured_fastest_for_it():
         assert input_grad_method(layer) == want, (kwargs, shape)
 
 
+def test_each_conv_takes_the_forward_kernel_measured_fastest_for_it():
+    from cnntrain.layers.conv import forward_method
+
+    rng = np.random.default_rng(0)
+    for kwargs, shape, want in [({"filters": 6, "kernel_size": 5, "padding": 2}, (1, 28, 28), "banded"),  # LeNet-5
+                                ({"filters": 4, "kernel_size": 3}, (3, 8, 8), "banded"),
+                                ({"filters": 8, "kernel_size": 3}, (1, 8, 8), "im2col"),
+                                ({"filters": 6, "kernel_size": 3}, (5, 8, 8), "im2col"),
+                                ({"filters": 6, "kernel_size": 3, "stride": 2}, (1, 8, 8), "im2col"),
+                                ({"filters": 6, "kernel_size": 3, "dilation": 2}, (1, 8, 8), "im2col")]:
+        layer, _ = make("conv2d", kwargs, shape, rng)
+        assert forward_method(layer) == want, (kwargs, shape)
+
+
+# stride 1, dilation 1: every such case also through the banded forward, whatever the layer would choose
+BANDED_CASES = [case for case in CONV_CASES if case[5] == 1 and case[7] == 1] + [
+    # (C, H, W, F, kernel, stride, padding, dilation): output widths 28 (whole bands), 5 and 1 (cropped)
+    (1, 28, 28, 6, 5, 1, 2, 1),
+    (2, 6, 7, 3, (2, 3), 1, "valid", 1),
+    (3, 4, 3, 5, 3, 1, "valid", 1),
+    (4, 5, 9, 9, (1, 4), 1, ((1, 0), (2, 1)), 1),
+]
+
+
+@pytest.mark.parametrize("chunk_bytes", [channels_last.CHUNK_BYTES, 1])  # 1 byte: one image per block
+@pytest.mark.parametrize("C,H,W,F,kernel,stride,padding,dilation", BANDED_CASES)
+def test_banded_conv_matches_reference(monkeypatch, C, H, W, F, kernel, stride, padding, dilation, chunk_bytes):
+    monkeypatch.setattr("cnntrain.layers.conv.forward_method", lambda layer: "banded")
+    monkeypatch.setattr(channels_last, "CHUNK_BYTES", chunk_bytes)
+    rng = np.random.default_rng(0)
+    layer, out_shape = make("conv2d", {"filters": F, "kernel_size": kernel, "padding": padding}, (C, H, W), rng)
+    x = rng.standard_normal((3, C, H, W))
+    layer.forward(x, training=True)
+    blocks = layer._pop_cache()[0]
+    assert blocks[0].shape[1] == layer.kernel_size[0] * (channels_last.BAND + layer.kernel_size[1] - 1) * C
+    assert len(blocks) == (3 if chunk_bytes == 1 else 1)
+    check_conv(layer, x, rng, f"banded conv2d x{x.shape} k{kernel} p{padding!r} F={F}")
+
+
 def check_conv(layer, x, rng, what):
     """Forward, dx, dW and db of a conv2d layer against the reference loops."""
     y, dy, dx = forward_backward(layer, x, rng)

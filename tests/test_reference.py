@@ -232,6 +232,40 @@ def test_banded_conv_matches_reference(monkeypatch, C, H, W, F, kernel, stride, 
     check_conv(layer, x, rng, f"banded conv2d x{x.shape} k{kernel} p{padding!r} F={F}")
 
 
+@pytest.mark.parametrize("chunk_bytes", [channels_last.WINOGRAD_CHUNK_BYTES, 1])  # 1 byte: one image per block
+@pytest.mark.parametrize("C,H,W,F", [(3, 6, 8, 2), (1, 2, 2, 1), (5, 4, 10, 7), (16, 8, 6, 16)])
+def test_winograd_conv_matches_reference(monkeypatch, C, H, W, F, chunk_bytes):
+    from cnntrain.layers import conv
+
+    monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 1)  # every 3x3 'same' conv with even sides, whatever its width
+    monkeypatch.setattr(channels_last, "WINOGRAD_CHUNK_BYTES", chunk_bytes)
+    rng = np.random.default_rng(0)
+    layer, _ = make("conv2d", {"filters": F, "kernel_size": 3, "padding": "same"}, (C, H, W), rng)
+    assert conv.forward_method(layer) == conv.input_grad_method(layer) == "winograd"
+    x = rng.standard_normal((3, C, H, W))
+    layer.forward(x, training=True)
+    blocks = layer._pop_cache()[0]  # the transformed input tiles kept for dW
+    assert [b.shape for b in blocks] == [(16, (1 if chunk_bytes == 1 else 3) * (H // 2) * (W // 2), C)] * len(blocks)
+    check_conv(layer, x, rng, f"winograd conv2d x{x.shape} F={F}")
+
+
+def test_winograd_takes_only_the_convs_it_computes():
+    from cnntrain.layers.conv import forward_method, input_grad_method
+
+    rng = np.random.default_rng(0)
+    for kwargs, shape, want in [({"filters": 32, "padding": "same"}, (32, 8, 8), ("winograd", "winograd")),
+                                ({"filters": 8, "padding": "same"}, (32, 8, 8), ("winograd", "flipped")),
+                                ({"filters": 32, "padding": "same"}, (16, 8, 8), ("im2col", "offsets")),
+                                ({"filters": 32, "padding": "same"}, (8, 8, 8), ("im2col", "shifts")),
+                                ({"filters": 32, "padding": "same"}, (32, 7, 8), ("im2col", "flipped")),
+                                ({"filters": 32}, (32, 8, 8), ("im2col", "offsets")),
+                                ({"filters": 32, "padding": 1, "stride": 2}, (32, 8, 8), ("im2col", "offsets")),
+                                ({"filters": 32, "padding": "same", "dilation": 2}, (32, 8, 8), ("im2col", "flipped")),
+                                ({"filters": 32, "kernel_size": 5, "padding": "same"}, (32, 8, 8), ("im2col", "flipped"))]:
+        layer, _ = make("conv2d", {"kernel_size": 3, **kwargs}, shape, rng)
+        assert (forward_method(layer), input_grad_method(layer)) == want, (kwargs, shape)
+
+
 def check_conv(layer, x, rng, what):
     """Forward, dx, dW and db of a conv2d layer against the reference loops."""
     y, dy, dx = forward_backward(layer, x, rng)

@@ -133,11 +133,14 @@ class DataParallel:
                     os.close(fd)
                 there.close()
                 conn = Connection(here.detach())
-                conn.send_bytes(blob)
                 self.up.append(up_r)
                 self.down.append(down_w)
                 self.procs.append(proc)
                 self.conns.append(conn)
+                try:
+                    conn.send_bytes(blob)
+                except OSError:  # it has already ended: say how
+                    raise self._failure(rank) from None
         finally:
             os.close(shm_fd)
         self.reducer = Reducer(0, self.arrays["slots"], self.arrays["results"], self.up, self.down, self._failure)

@@ -203,6 +203,24 @@ def test_start_readies_the_workers_before_any_step_and_a_worker_that_cannot_star
         assert dp.procs == [] and dp.arrays is None and time.monotonic() - started < 10
 
 
+def test_a_worker_that_ends_before_it_gets_the_network_is_a_run_error(monkeypatch):
+    import cnntrain.parallel as parallel_module
+
+    real_popen = parallel_module.subprocess.Popen
+
+    def ended(args, **kwargs):  # /bin/false, already gone when rank 0 sends the network
+        proc = real_popen(["/bin/false"], **kwargs)
+        proc.wait()
+        return proc
+
+    monkeypatch.setattr(parallel_module.subprocess, "Popen", ended)
+    x, y = batch(8)
+    with DataParallel(network(), LOSSES.create("softmax_cross_entropy"), 2, rows=8) as dp:
+        with pytest.raises(RunError, match=r"data parallel worker 1 stopped \(exit code 1\)"):
+            dp.start(x[:1], y[:1])
+        assert dp.procs == [] and dp.arrays is None
+
+
 def test_a_run_starts_its_workers_before_the_first_epoch_is_timed(tmp_path, monkeypatch):
     import cnntrain.session as session
 

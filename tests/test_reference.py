@@ -233,20 +233,25 @@ def test_banded_conv_matches_reference(monkeypatch, C, H, W, F, kernel, stride, 
 
 
 @pytest.mark.parametrize("chunk_bytes", [channels_last.WINOGRAD_CHUNK_BYTES, 1])  # 1 byte: one image per block
-@pytest.mark.parametrize("C,H,W,F", [(3, 6, 8, 2), (1, 2, 2, 1), (5, 4, 10, 7), (16, 8, 6, 16)])
-def test_winograd_conv_matches_reference(monkeypatch, C, H, W, F, chunk_bytes):
+@pytest.mark.parametrize("C,H,W,F,padding,gradient", [
+    (3, 6, 8, 2, "same", True), (1, 2, 2, 1, "same", True), (5, 4, 10, 7, "same", True), (16, 8, 6, 16, "same", True),
+    (2, 6, 8, 3, ((1, 1), (2, 2)), True),  # padding of 2: still the Winograd input gradient
+    (2, 6, 8, 3, "valid", False), (2, 5, 7, 3, ((0, 1), (1, 0)), False),  # Winograd forward only
+])
+def test_winograd_conv_matches_reference(monkeypatch, C, H, W, F, padding, gradient, chunk_bytes):
     from cnntrain.layers import conv
 
-    monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 1)  # every 3x3 'same' conv with even sides, whatever its width
+    monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 1)  # every 3x3 stride-1 conv with even sides, whatever its width
     monkeypatch.setattr(channels_last, "WINOGRAD_CHUNK_BYTES", chunk_bytes)
     rng = np.random.default_rng(0)
-    layer, _ = make("conv2d", {"filters": F, "kernel_size": 3, "padding": "same"}, (C, H, W), rng)
-    assert conv.forward_method(layer) == conv.input_grad_method(layer) == "winograd"
+    layer, (_, OH, OW) = make("conv2d", {"filters": F, "kernel_size": 3, "padding": padding}, (C, H, W), rng)
+    assert conv.forward_method(layer) == "winograd"
+    assert (conv.input_grad_method(layer) == "winograd") == gradient
     x = rng.standard_normal((3, C, H, W))
     layer.forward(x, training=True)
     blocks = layer._pop_cache()[0]  # the transformed input tiles kept for dW
-    assert [b.shape for b in blocks] == [(16, (1 if chunk_bytes == 1 else 3) * (H // 2) * (W // 2), C)] * len(blocks)
-    check_conv(layer, x, rng, f"winograd conv2d x{x.shape} F={F}")
+    assert [b.shape for b in blocks] == [(16, (1 if chunk_bytes == 1 else 3) * (OH // 2) * (OW // 2), C)] * len(blocks)
+    check_conv(layer, x, rng, f"winograd conv2d x{x.shape} F={F} padding {padding}")
 
 
 def test_winograd_takes_only_the_convs_it_computes():
@@ -258,7 +263,8 @@ def test_winograd_takes_only_the_convs_it_computes():
                                 ({"filters": 32, "padding": "same"}, (16, 8, 8), ("im2col", "offsets")),
                                 ({"filters": 32, "padding": "same"}, (8, 8, 8), ("im2col", "shifts")),
                                 ({"filters": 32, "padding": "same"}, (32, 7, 8), ("im2col", "flipped")),
-                                ({"filters": 32}, (32, 8, 8), ("im2col", "offsets")),
+                                ({"filters": 32}, (32, 8, 8), ("winograd", "offsets")),  # keras_mnist's second conv
+                                ({"filters": 32}, (32, 7, 7), ("im2col", "offsets")),
                                 ({"filters": 32, "padding": 1, "stride": 2}, (32, 8, 8), ("im2col", "offsets")),
                                 ({"filters": 32, "padding": "same", "dilation": 2}, (32, 8, 8), ("im2col", "flipped")),
                                 ({"filters": 32, "kernel_size": 5, "padding": "same"}, (32, 8, 8), ("im2col", "flipped"))]:

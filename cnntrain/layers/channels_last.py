@@ -327,6 +327,7 @@ def winograd_output_adjoint(dy: np.ndarray) -> np.ndarray:
 
 def conv_forward_winograd_nhwc(xp: np.ndarray, W: np.ndarray, out_hw, keep: bool):
     """conv_forward_nhwc for a 3x3, stride-1 conv with even output sides, by Winograd F(2x2, 3x3).
+    xp: the padded input, (N, OH + 2, OW + 2, C).
 
     16 products of (tiles, C) by (C, F) instead of one of (pixels, 9C) by (9C, F): 2.25 times
     fewer multiply-adds, and transforms of the input (six adds per value) and output in place of
@@ -366,13 +367,15 @@ def winograd_weight_grad(blocks, dym: np.ndarray, out_hw, channels: int) -> np.n
     return np.einsum("ia,ijcf,jb->abcf", G, dU.reshape(4, 4, channels, F), G).reshape(9 * channels, F)
 
 
-def conv_input_grad_winograd_nhwc(dym: np.ndarray, W: np.ndarray, in_shape) -> np.ndarray:
-    """The input gradient of a 3x3 'same' conv (padding 1 all round, stride 1) as conv_forward_winograd_nhwc
-    of dy padded by 1 with the kernel flipped and F, C swapped: (N, H, W, C)."""
+def conv_input_grad_winograd_nhwc(dym: np.ndarray, W: np.ndarray, in_shape, pads, out_hw) -> np.ndarray:
+    """The input gradient (N, H, W, C), H and W even, of a 3x3 stride-1 conv padded by at most 2 on each
+    side: conv_forward_winograd_nhwc of dy, padded by 2 less the conv's padding, with the kernel flipped
+    and F, C swapped."""
     N, H, Wd, C = in_shape
+    (t, b), (l, r) = pads
     F = dym.shape[1]
     flipped = np.ascontiguousarray(W.reshape(3, 3, C, F)[::-1, ::-1].transpose(0, 1, 3, 2)).reshape(9 * F, C)
-    dyp = pad_nhwc(dym.reshape(N, H, Wd, F), ((1, 1), (1, 1)))
+    dyp = pad_nhwc(dym.reshape(N, *out_hw, F), ((2 - t, 2 - b), (2 - l, 2 - r)))
     dx, _ = conv_forward_winograd_nhwc(dyp, flipped, (H, Wd), keep=False)
     return dx.reshape(N, H, Wd, C)
 

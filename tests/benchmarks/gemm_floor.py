@@ -2,10 +2,12 @@
 
 Not part of the test suite. A convolution trained the im2col way costs three GEMMs per step
 (forward, weight gradient, input gradient; the first layer needs no input gradient) and a dense
-layer three more. This times exactly those products, np.matmul at the network's shapes (batch
-64, float32, the BLAS threads of the environment; a convolution's in the cache-sized blocks of
-a few images that cnntrain multiplies, faster than one whole-batch product), with no im2col,
-pooling, activation or optimizer work, and prints the images/s that GEMM time alone allows. Where it is
+layer three more; a Winograd convolution 16 smaller ones for each, a banded one two wider ones
+(layers/conv.py chooses, per layer, as a training step does). This times exactly those products,
+np.matmul at the network's shapes (batch 64, float32, the BLAS threads of the environment; a
+convolution's in the cache-sized blocks of a few images that cnntrain multiplies, faster than
+one whole-batch product), with no im2col, transform, pooling, activation or optimizer work, and
+prints the images/s that GEMM time alone allows. Where it is
 below what PyTorch trains at (tests/benchmarks/bench_vs_torch.py), no arrangement of NumPy code
 around sgemm can reach PyTorch: its convolutions are oneDNN's direct kernels, not im2col + GEMM.
 
@@ -30,7 +32,13 @@ from bench_vs_torch import NETWORKS, TRAIN_BATCH, network_spec  # noqa: E402
 def gemm_shapes(spec: dict, batch: int, training: bool = True) -> list[tuple[str, int, int, int]]:
     """(what, M, K, N) of every product of one training step (or forward pass): (M, K) @ (K, N)."""
     from cnntrain.build import build_model
-    from cnntrain.layers.channels_last import CHUNK_BYTES
+    from cnntrain.layers.channels_last import BAND, CHUNK_BYTES, WINOGRAD_CHUNK_BYTES
+    from cnntrain.layers.conv import forward_method, input_grad_method
+
+    def chunks(per_image: int, budget: int) -> list[int]:
+        """Images per product, as the kernels take them: a few at a time, by bytes per image."""
+        images = max(1, budget // per_image)
+        return [min(images, batch - start) for start in range(0, batch, images)]
 
     model = build_model([tuple(s) for s in spec["layers"]], spec["input_shape"], np.random.default_rng(0))
     shapes, first = [], True
@@ -39,13 +47,30 @@ def gemm_shapes(spec: dict, batch: int, training: bool = True) -> list[tuple[str
         if hasattr(layer, "kernel_size"):
             C, F = layer.in_shape[0], layer.filters
             OH, OW = layer.out_shape[1:]
-            K = C * layer.kernel_size[0] * layer.kernel_size[1]
-            # the products of a few images at a time, as conv_forward_nhwc takes them (cache-sized column blocks)
-            images = max(1, CHUNK_BYTES // (OH * OW * K * 4))
-            blocks = [min(images, batch - start) * OH * OW for start in range(0, batch, images)]
-            for M in blocks:
-                shapes += [(f"{kind} forward", M, K, F)]
-                shapes += [(f"{kind} dW", K, M, F)] + ([] if first else [(f"{kind} dx", M, F, K)]) if training else []
+            (KH, KW), K = layer.kernel_size, C * layer.kernel_size[0] * layer.kernel_size[1]
+            method = forward_method(layer)
+            if method == "winograd":  # 16 products per block of images, each (tiles, C) @ (C, F)
+                tiles = OH * OW // 4
+                for n in chunks(16 * tiles * C * 4, WINOGRAD_CHUNK_BYTES):
+                    shapes += [(f"{kind} forward", n * tiles, C, F)] * 16
+                    shapes += [(f"{kind} dW", C, n * tiles, F)] * 16 if training else []
+            elif method == "banded":  # rows of 4 outputs by (KH*(4+KW-1)*C, 4F)
+                rows, width = OH * (OW + -OW % BAND) // BAND, KH * (BAND + KW - 1) * C
+                for n in chunks(rows * width * 4, CHUNK_BYTES):
+                    shapes += [(f"{kind} forward", n * rows, width, BAND * F)]
+                    shapes += [(f"{kind} dW", width, n * rows, BAND * F)] if training else []
+            else:  # im2col: the products of a few images at a time (cache-sized column blocks)
+                for n in chunks(OH * OW * K * 4, CHUNK_BYTES):
+                    shapes += [(f"{kind} forward", n * OH * OW, K, F)]
+                    shapes += [(f"{kind} dW", K, n * OH * OW, F)] if training else []
+            if training and not first:
+                if input_grad_method(layer) == "winograd":  # the forward's products on dy, F and C swapped
+                    H, W = layer.in_shape[1:]
+                    for n in chunks(16 * (H * W // 4) * F * 4, WINOGRAD_CHUNK_BYTES):
+                        shapes += [(f"{kind} dx", n * H * W // 4, F, C)] * 16
+                else:
+                    for n in chunks(OH * OW * K * 4, CHUNK_BYTES):
+                        shapes += [(f"{kind} dx", n * OH * OW, F, K)]
         elif kind == "dense":
             D, U = layer.in_shape[0], layer.out_shape[0]
             shapes += [("dense forward", batch, D, U)]

@@ -12,7 +12,7 @@ import itertools
 import numpy as np
 import pytest
 
-from cnntrain.layers import channels_last, geometry
+from cnntrain.layers import channels_last, geometry, winograd
 from cnntrain.layers import reference as ref
 from cnntrain.registry import LAYERS
 from gradcheck import numeric_grad, rel_error
@@ -232,7 +232,7 @@ def test_banded_conv_matches_reference(monkeypatch, C, H, W, F, kernel, stride, 
     check_conv(layer, x, rng, f"banded conv2d x{x.shape} k{kernel} p{padding!r} F={F}")
 
 
-@pytest.mark.parametrize("chunk_bytes", [channels_last.WINOGRAD_CHUNK_BYTES, 1])  # 1 byte: one image per block
+@pytest.mark.parametrize("chunk_bytes", [winograd.WINOGRAD_CHUNK_BYTES, 1])  # 1 byte: one image per block
 @pytest.mark.parametrize("C,H,W,F,padding,gradient", [
     (3, 6, 8, 2, "same", True), (1, 2, 2, 1, "same", True), (5, 4, 10, 7, "same", True), (16, 8, 6, 16, "same", True),
     (2, 6, 8, 3, ((1, 1), (2, 2)), True),  # padding of 2: still the Winograd input gradient
@@ -242,7 +242,7 @@ def test_winograd_conv_matches_reference(monkeypatch, C, H, W, F, padding, gradi
     from cnntrain.layers import conv
 
     monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 1)  # every 3x3 stride-1 conv with even sides, whatever its width
-    monkeypatch.setattr(channels_last, "WINOGRAD_CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(winograd, "WINOGRAD_CHUNK_BYTES", chunk_bytes)
     rng = np.random.default_rng(0)
     layer, (_, OH, OW) = make("conv2d", {"filters": F, "kernel_size": 3, "padding": padding}, (C, H, W), rng)
     assert conv.forward_method(layer) == "winograd"

@@ -7,9 +7,9 @@ import numpy as np
 from ..init import make_init
 from ..registry import LAYERS
 from .channels_last import (BAND, FEW_CHANNELS, banded_weight_grad, column_sums, conv_forward_banded_nhwc,
-                             conv_forward_nhwc, conv_forward_winograd_nhwc, conv_input_grad_flipped_nhwc,
-                             conv_input_grad_nhwc, conv_input_grad_shifts_nhwc, conv_input_grad_winograd_nhwc, nchw,
-                             nhwc, pad_nhwc, winograd_weight_grad)
+                             conv_forward_nhwc, conv_input_grad_flipped_nhwc, conv_input_grad_nhwc,
+                             conv_input_grad_shifts_nhwc, nchw, nhwc, pad_nhwc)
+from .winograd import conv_forward_winograd_nhwc, conv_input_grad_winograd_nhwc, winograd_weight_grad
 from .geometry import out_size, resolve_padding
 from .base import Layer, check_shape, pair
 

@@ -32,7 +32,8 @@ from bench_vs_torch import NETWORKS, TRAIN_BATCH, network_spec  # noqa: E402
 def gemm_shapes(spec: dict, batch: int, training: bool = True) -> list[tuple[str, int, int, int]]:
     """(what, M, K, N) of every product of one training step (or forward pass): (M, K) @ (K, N)."""
     from cnntrain.build import build_model
-    from cnntrain.layers.channels_last import BAND, CHUNK_BYTES, WINOGRAD_CHUNK_BYTES
+    from cnntrain.layers.channels_last import BAND, CHUNK_BYTES
+    from cnntrain.layers.winograd import WINOGRAD_CHUNK_BYTES
     from cnntrain.layers.conv import forward_method, input_grad_method
 
     def chunks(per_image: int, budget: int) -> list[int]:

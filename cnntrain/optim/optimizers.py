@@ -38,6 +38,23 @@ THREADED_MIN = 1 << 17  # elements of a parameter worth updating on several thre
 _slots_lock = threading.Lock()
 
 
+class _FlatState:
+    """An optimizer's state for packed parameters (flat.py): one flat array per slot, laid out as
+    the parameter buffer, and the buffer's runs of decayed and other parameters (start, stop, the
+    name of the run's first parameter, which decays() answers for the whole run)."""
+
+    def __init__(self, params: FlatDict):
+        self.data, self.layout, self.slots = params.data, params.layout, {}
+        names = {a: name for name, (a, _) in params.layout.spans.items()}
+        self.runs = [(a, b, names[a]) for a, b, _ in params.layout.runs(decays)]
+
+    def offset(self, like: np.ndarray) -> int | None:
+        """Where `like` starts in the buffer, or None when it is not a span of it."""
+        start = (like.__array_interface__["data"][0] - self.data.__array_interface__["data"][0]) // like.itemsize
+        ok = like.dtype == self.data.dtype and 0 <= start and start + like.size <= self.data.size
+        return start if ok else None
+
+
 class Optimizer:
     """Base: holds lr, weight_decay (L2 added to the gradient: g + wd * p) and per-parameter slots.
 
@@ -53,7 +70,7 @@ class Optimizer:
         self.t = 0
         self._scratch: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         self._whole: dict[str, np.ndarray] = {}  # parameters being updated in pieces
-        self._flat = None  # (packed parameter buffer, {slot: flat array}, runs, layout): see _bind
+        self._flat: _FlatState | None = None  # for packed parameters, from their first step
         self.threads = 1
 
     def slot(self, name: str, slot: str, like: np.ndarray) -> np.ndarray:
@@ -62,14 +79,12 @@ class Optimizer:
         For packed parameters (flat.py) every slot is one flat array too, laid out as the parameters:
         `like` may then be any span of the buffer, and state[name][slot] are views into it.
         """
-        if self._flat is not None:
-            data = self._flat[0]
-            start = (like.__array_interface__["data"][0] - data.__array_interface__["data"][0]) // like.itemsize
-            if 0 <= start and start + like.size <= data.size and like.dtype == data.dtype:
-                flat_slot = self._flat[1].get(slot)
-                if flat_slot is None:
-                    flat_slot = self._flat_slot(slot)
-                return flat_slot[start : start + like.size].reshape(like.shape)
+        start = self._flat.offset(like) if self._flat is not None else None
+        if start is not None:
+            flat_slot = self._flat.slots.get(slot)
+            if flat_slot is None:
+                flat_slot = self._flat_slot(slot)
+            return flat_slot[start : start + like.size].reshape(like.shape)
         whole = self._whole.get(name)
         slots = self.state.setdefault(name, {})
         if slot not in slots:
@@ -81,26 +96,19 @@ class Optimizer:
         start = (like.__array_interface__["data"][0] - whole.__array_interface__["data"][0]) // like.itemsize
         return slots[slot].reshape(-1)[start : start + like.size]
 
-    def _bind(self, params: FlatDict) -> None:
-        """Keep the state of packed parameters in flat slots (made by _flat_slot when first used), and
-        the buffer's runs of decayed and other parameters, each named by its first parameter."""
-        names = {a: name for name, (a, _) in params.layout.spans.items()}
-        runs = [(a, b, names[a]) for a, b, _ in params.layout.runs(decays)]
-        self._flat = (params.data, {}, runs, params.layout)
-
     def _flat_slot(self, slot: str) -> np.ndarray:
         """A flat slot, holding the per-parameter state there is (a checkpoint's, or of steps before packing)."""
-        data, slots, _, layout = self._flat
+        flat = self._flat
         with _slots_lock:
-            if slot not in slots:
-                flat_slot = np.zeros_like(data)
-                for name, view in layout.views(flat_slot).items():
+            if slot not in flat.slots:
+                flat_slot = np.zeros_like(flat.data)
+                for name, view in flat.layout.views(flat_slot).items():
                     old = self.state.get(name, {}).get(slot)
                     if old is not None:
                         view[...] = old
                     self.state.setdefault(name, {})[slot] = view
-                slots[slot] = flat_slot
-        return slots[slot]
+                flat.slots[slot] = flat_slot
+        return flat.slots[slot]
 
     def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], lr: float | None = None) -> None:
         """One update of every parameter, in place; t counts updates from 1.
@@ -111,10 +119,10 @@ class Optimizer:
         lr = self.lr if lr is None else lr
         self.t += 1
         packed = flat(params)
-        if packed is not None and (self._flat is None or self._flat[0] is not packed.data):
-            self._bind(packed)
+        if packed is not None and (self._flat is None or self._flat.data is not packed.data):
+            self._flat = _FlatState(packed)  # its slots are made, from any per-parameter state, when first used
         if packed is not None and flat_pair(params, grads) is not None:
-            for a, b, name in self._flat[2]:
+            for a, b, name in self._flat.runs:
                 self._update(name, packed.data[a:b], grads.data[a:b], lr)
             return
         for name, p in params.items():

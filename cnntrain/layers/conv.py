@@ -75,11 +75,14 @@ def winograd_fits(layer, gradient: bool = False) -> bool:
 
 def forward_method(layer) -> str:
     """Which kernel computes a conv's forward (and so its weight gradient); each is tested against
-    the reference loops. "winograd" (conv_forward_winograd_nhwc) where winograd_fits; "banded"
-    (conv_forward_banded_nhwc) for stride 1, dilation 1, at most
-    FEW_CHANNELS input channels and under 8 filters, where im2col's product is too narrow: a first
-    layer like LeNet-5's (6 filters, 5x5) 28% faster, forward and weight gradient, and 1-3 channel
-    inputs with 4-6 filters 10-50%; with 8 or more filters im2col was as fast or faster. Else "im2col"."""
+    the reference loops.
+
+    "winograd" (winograd.conv_forward_winograd_nhwc) where winograd_fits; "banded"
+    (conv_forward_banded_nhwc) for stride 1, dilation 1, at most FEW_CHANNELS input channels and
+    under 8 filters, where im2col's product is too narrow: a first layer like LeNet-5's (6 filters,
+    5x5) 28% faster, forward and weight gradient, and 1-3 channel inputs with 4-6 filters 10-50%;
+    with 8 or more filters im2col was as fast or faster. Else "im2col" (conv_forward_nhwc).
+    """
     if winograd_fits(layer):
         return "winograd"
     if (layer.stride == (1, 1) and layer.dilation == (1, 1) and layer.in_shape[0] <= FEW_CHANNELS
@@ -94,8 +97,9 @@ class Conv2D(Layer):
 
     x: (N, C, H, W) -> y: (N, F, OH, OW); W: (F, C, KH, KW), b: (F,).
     OH = floor((H + pad_top + pad_bottom - dilation*(KH-1) - 1) / stride) + 1.
-    The plain loops: reference.conv2d_forward / conv2d_backward; this is im2col and GEMMs on
-    channels-last memory (channels_last.py), tested equal to them.
+    The plain loops: reference.conv2d_forward / conv2d_backward; this is matrix products on
+    channels-last memory, over im2col columns, bands or Winograd tiles as forward_method and
+    input_grad_method choose for the layer's shape (channels_last.py, winograd.py), tested equal to them.
     """
 
     new_output = True  # forward returns an array of its own (Sequential may apply the next activation in place)

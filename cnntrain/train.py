@@ -161,10 +161,9 @@ def train_step(model, loss, optimizer, x_u8, y, transform, lr: float, chunk_size
         return total, correct, reg, norm
     if grad_clip_norm is not None and norm > grad_clip_norm:
         scale = grad_clip_norm / norm
-        if flat(grads) is not None:  # the model's own gradient buffer
-            grads.data *= grads.data.dtype.type(scale)
-        else:
-            grads = {k: g * g.dtype.type(scale) for k, g in grads.items()}
+        packed = flat(grads)
+        for g in [packed.data] if packed is not None else grads.values():  # in place, as the L2 term was added
+            g *= g.dtype.type(scale)
     for cb in callbacks:
         cb.on_before_update(state, params, grads)
     optimizer.step(params, grads, lr)

@@ -231,28 +231,40 @@ def conv_forward_banded_nhwc(xp: np.ndarray, W: np.ndarray, kernel, out_hw, keep
     BAND+KW-1 input columns (band_rows, a copy of KH*(BAND+KW-1)/(KH*KW) of im2col's values) times
     banded_weights, BAND*F columns wide. It does (BAND+KW-1)/KW times the multiply-adds and
     still wins: LeNet-5's first conv, 32 images, forward and weight gradient, 577 -> 417 us.
-    xp must hold BAND*nb + KW - 1 columns (conv2d pads it); y then has nb*BAND columns per row.
+    When OW is not a multiple of BAND, xp gets columns of zeros that make whole bands, and their
+    outputs are cropped.
     """
     N, _, _, C = xp.shape
     (KH, KW), (OH, OW) = kernel, out_hw
+    extra = -OW % BAND
+    if extra:
+        xp = pad_nhwc(xp, ((0, 0), (0, extra)))
     T = banded_weights(W, kernel, C)
-    nb = OW // BAND
+    nb = (OW + extra) // BAND
     per_image = OH * nb * KH * (BAND + KW - 1) * C * xp.itemsize
     step = max(1, CHUNK_BYTES // per_image)
     y = np.empty((N * OH * nb, BAND * W.shape[1]), dtype=np.result_type(xp, W))
     blocks = []
     for start in range(0, N, step):
-        rows = band_rows(xp[start : start + step], kernel, out_hw)
+        rows = band_rows(xp[start : start + step], kernel, (OH, OW + extra))
         np.matmul(rows, T, out=y[start * OH * nb : start * OH * nb + len(rows)])
         if keep:
             blocks.append(rows)
-    return y.reshape(N * OH * OW, -1), blocks
+    F = W.shape[1]
+    if extra:
+        return np.ascontiguousarray(y.reshape(N, OH, OW + extra, F)[:, :, :OW]).reshape(-1, F), blocks
+    return y.reshape(N * OH * OW, F), blocks
 
 
-def banded_weight_grad(blocks, dym: np.ndarray, kernel, channels: int) -> np.ndarray:
+def banded_weight_grad(blocks, dym: np.ndarray, kernel, channels: int, out_hw) -> np.ndarray:
     """The weight gradient (KH*KW*C, F) of conv_forward_banded_nhwc from its row blocks and dy (N*OH*OW, F):
     the banded matrix's gradient, each of its BAND copies of W summed back."""
-    (KH, KW), C, F = kernel, channels, dym.shape[1]
+    (KH, KW), C, F, (OH, OW) = kernel, channels, dym.shape[1], out_hw
+    extra = -OW % BAND
+    if extra:  # the forward's cropped outputs: zeros
+        padded = np.zeros((len(dym) // (OH * OW), OH, OW + extra, F), dtype=dym.dtype)
+        padded[:, :, :OW] = dym.reshape(-1, OH, OW, F)
+        dym = padded
     dyb = dym.reshape(-1, BAND * F)
     dT, start = None, 0
     for rows in blocks:

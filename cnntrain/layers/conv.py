@@ -6,7 +6,7 @@ import numpy as np
 
 from ..init import make_init
 from ..registry import LAYERS
-from .channels_last import (BAND, FEW_CHANNELS, banded_weight_grad, column_sums, conv_forward_banded_nhwc,
+from .channels_last import (FEW_CHANNELS, banded_weight_grad, column_sums, conv_forward_banded_nhwc,
                              conv_forward_nhwc, conv_input_grad_flipped_nhwc, conv_input_grad_nhwc,
                              conv_input_grad_shifts_nhwc, nchw, nhwc, pad_nhwc)
 from .winograd import conv_forward_winograd_nhwc, conv_input_grad_winograd_nhwc, winograd_weight_grad
@@ -154,17 +154,11 @@ class Conv2D(Layer):
         F, OH, OW = self.out_shape
         xp = pad_nhwc(nhwc(x), self.pads)
         W = W.transpose(2, 3, 1, 0).reshape(-1, F)  # (KH*KW*C, F), matching im2col's columns
-        padded_shape = xp.shape
         method = forward_method(self)
         if method == "winograd":
             y, blocks = conv_forward_winograd_nhwc(xp, W, (OH, OW), training)
         elif method == "banded":
-            extra = -OW % BAND  # columns of zeros that make the outputs whole bands, cropped below
-            if extra:
-                xp = pad_nhwc(xp, ((0, 0), (0, extra)))
-            y, blocks = conv_forward_banded_nhwc(xp, W, self.kernel_size, (OH, OW + extra), training)
-            if extra:
-                y = np.ascontiguousarray(y.reshape(N, OH, OW + extra, F)[:, :, :OW]).reshape(-1, F)
+            y, blocks = conv_forward_banded_nhwc(xp, W, self.kernel_size, (OH, OW), training)
         else:
             y, blocks = conv_forward_nhwc(xp, W, self.kernel_size, self.stride, self.dilation, (OH, OW), training)
         if b is not None:  # added row by row of the image, (OW*F,) at a time: a (F,) row per pixel is
@@ -172,7 +166,7 @@ class Conv2D(Layer):
             rows = y.reshape(N * OH, OW * F)
             rows += np.tile(b, OW)
         if training:
-            self._cache = (blocks, W, padded_shape)
+            self._cache = (blocks, W, xp.shape)
         return nchw(y.reshape(N, OH, OW, F))
 
     def backward(self, dy):
@@ -202,12 +196,7 @@ class Conv2D(Layer):
         if method == "winograd":
             dW = winograd_weight_grad(blocks, dym, (OH, OW), C)
         elif method == "banded":
-            extra = -OW % BAND
-            dyb = dym
-            if extra:  # the forward's cropped columns: zeros
-                dyb = np.zeros((len(dym) // (OH * OW), OH, OW + extra, F), dtype=dym.dtype)
-                dyb[:, :, :OW] = dym.reshape(-1, OH, OW, F)
-            dW = banded_weight_grad(blocks, dyb.reshape(-1, F), self.kernel_size, C)
+            dW = banded_weight_grad(blocks, dym, self.kernel_size, C, (OH, OW))
         else:
             dW, start = None, 0
             for cols in blocks:  # the column blocks of forward, (rows, KH*KW*C) each

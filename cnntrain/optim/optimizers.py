@@ -11,7 +11,7 @@ import threading
 
 import numpy as np
 
-from ..flat import FlatDict, flat, flat_pair
+from ..flat import FlatDict, flat
 from ..registry import OPTIMIZERS
 from ..threads import thread_pool
 
@@ -38,6 +38,12 @@ THREADED_MIN = 1 << 17  # elements of a parameter worth updating on several thre
 _slots_lock = threading.Lock()
 
 
+def _offset(like: np.ndarray, base: np.ndarray) -> int | None:
+    """Where `like` starts in `base`, in elements, or None when it is not a span of base's memory."""
+    start = (like.__array_interface__["data"][0] - base.__array_interface__["data"][0]) // like.itemsize
+    return start if like.dtype == base.dtype and 0 <= start and start + like.size <= base.size else None
+
+
 class _FlatState:
     """An optimizer's state for packed parameters (flat.py): one flat array per slot, laid out as
     the parameter buffer, and the buffer's runs of decayed and other parameters (start, stop, the
@@ -47,12 +53,6 @@ class _FlatState:
         self.data, self.layout, self.slots = params.data, params.layout, {}
         names = {a: name for name, (a, _) in params.layout.spans.items()}
         self.runs = [(a, b, names[a]) for a, b, _ in params.layout.runs(decays)]
-
-    def offset(self, like: np.ndarray) -> int | None:
-        """Where `like` starts in the buffer, or None when it is not a span of it."""
-        start = (like.__array_interface__["data"][0] - self.data.__array_interface__["data"][0]) // like.itemsize
-        ok = like.dtype == self.data.dtype and 0 <= start and start + like.size <= self.data.size
-        return start if ok else None
 
 
 class Optimizer:
@@ -79,7 +79,7 @@ class Optimizer:
         For packed parameters (flat.py) every slot is one flat array too, laid out as the parameters:
         `like` may then be any span of the buffer, and state[name][slot] are views into it.
         """
-        start = self._flat.offset(like) if self._flat is not None else None
+        start = _offset(like, self._flat.data) if self._flat is not None else None
         if start is not None:
             flat_slot = self._flat.slots.get(slot)
             if flat_slot is None:
@@ -93,22 +93,22 @@ class Optimizer:
                     slots[slot] = np.zeros_like(like if whole is None else whole)
         if whole is None or like.size == whole.size:
             return slots[slot]
-        start = (like.__array_interface__["data"][0] - whole.__array_interface__["data"][0]) // like.itemsize
+        start = _offset(like, whole)
         return slots[slot].reshape(-1)[start : start + like.size]
 
     def _flat_slot(self, slot: str) -> np.ndarray:
         """A flat slot, holding the per-parameter state there is (a checkpoint's, or of steps before packing)."""
-        flat = self._flat
+        packed = self._flat
         with _slots_lock:
-            if slot not in flat.slots:
-                flat_slot = np.zeros_like(flat.data)
-                for name, view in flat.layout.views(flat_slot).items():
+            if slot not in packed.slots:
+                flat_slot = np.zeros_like(packed.data)
+                for name, view in packed.layout.views(flat_slot).items():
                     old = self.state.get(name, {}).get(slot)
                     if old is not None:
                         view[...] = old
                     self.state.setdefault(name, {})[slot] = view
-                flat.slots[slot] = flat_slot
-        return flat.slots[slot]
+                packed.slots[slot] = flat_slot
+        return packed.slots[slot]
 
     def step(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray], lr: float | None = None) -> None:
         """One update of every parameter, in place; t counts updates from 1.
@@ -121,9 +121,10 @@ class Optimizer:
         packed = flat(params)
         if packed is not None and (self._flat is None or self._flat.data is not packed.data):
             self._flat = _FlatState(packed)  # its slots are made, from any per-parameter state, when first used
-        if packed is not None and flat_pair(params, grads) is not None:
+        packed_grads = flat(grads)
+        if packed is not None and packed_grads is not None and packed_grads.layout is packed.layout:
             for a, b, name in self._flat.runs:
-                self._update(name, packed.data[a:b], grads.data[a:b], lr)
+                self._update(name, packed.data[a:b], packed_grads.data[a:b], lr)
             return
         for name, p in params.items():
             self._update(name, p, grads[name], lr)

@@ -233,20 +233,22 @@ def test_banded_conv_matches_reference(monkeypatch, C, H, W, F, kernel, stride, 
 
 
 @pytest.mark.parametrize("chunk_bytes", [winograd.WINOGRAD_CHUNK_BYTES, 1])  # 1 byte: one image per block
-@pytest.mark.parametrize("C,H,W,F,padding,gradient", [
-    (3, 6, 8, 2, "same", True), (1, 2, 2, 1, "same", True), (5, 4, 10, 7, "same", True), (16, 8, 6, 16, "same", True),
-    (2, 6, 8, 3, ((1, 1), (2, 2)), True),  # padding of 2: still the Winograd input gradient
-    (2, 6, 8, 3, "valid", False), (2, 5, 7, 3, ((0, 1), (1, 0)), False),  # Winograd forward only
+@pytest.mark.parametrize("C,H,W,F,padding", [
+    (3, 6, 8, 2, "same"), (1, 2, 2, 1, "same"), (5, 4, 10, 7, "same"), (16, 8, 6, 16, "same"),
+    (2, 6, 8, 3, ((1, 1), (2, 2))), (2, 6, 8, 3, ((2, 0), (0, 2))),  # padding of 2, and on one side only
+    (2, 6, 8, 3, "valid"), (2, 5, 7, 3, ((0, 1), (1, 0))),  # odd input sides
+    (2, 7, 9, 3, ((1, 0), (0, 1))), (3, 4, 4, 2, ((2, 2), (1, 1))),  # a tile row or column all padding
 ])
-def test_winograd_conv_matches_reference(monkeypatch, C, H, W, F, padding, gradient, chunk_bytes):
+def test_winograd_conv_matches_reference(monkeypatch, C, H, W, F, padding, chunk_bytes):
     from cnntrain.layers import conv
 
-    monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 1)  # every 3x3 stride-1 conv with even sides, whatever its width
+    # every 3x3 stride-1 conv with even output sides, whatever its width, forward and both gradients
+    monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(conv, "WINOGRAD_MIN_FILTERS", 1)
     monkeypatch.setattr(winograd, "WINOGRAD_CHUNK_BYTES", chunk_bytes)
     rng = np.random.default_rng(0)
     layer, (_, OH, OW) = make("conv2d", {"filters": F, "kernel_size": 3, "padding": padding}, (C, H, W), rng)
-    assert conv.forward_method(layer) == "winograd"
-    assert (conv.input_grad_method(layer) == "winograd") == gradient
+    assert (conv.forward_method(layer), conv.input_grad_method(layer)) == ("winograd", "winograd")
     x = rng.standard_normal((3, C, H, W))
     layer.forward(x, training=True)
     blocks = layer._pop_cache()[0]  # the transformed input tiles kept for dW
@@ -254,16 +256,34 @@ def test_winograd_conv_matches_reference(monkeypatch, C, H, W, F, padding, gradi
     check_conv(layer, x, rng, f"winograd conv2d x{x.shape} F={F} padding {padding}")
 
 
+def test_winograd_first_layer_makes_only_the_weight_gradient(monkeypatch):
+    from cnntrain.layers import conv
+
+    seen = []
+    real = conv.winograd_backward
+    monkeypatch.setattr(conv, "winograd_backward", lambda *a: seen.append(a[-1]) or real(*a))
+    rng = np.random.default_rng(0)
+    layer, _ = make("conv2d", {"filters": 16, "kernel_size": 3, "padding": "same"}, (32, 4, 4), rng)
+    x = rng.standard_normal((2, 32, 4, 4))
+    dy = rng.standard_normal(layer.forward(x, training=True).shape)
+    layer.backward_params(dy)
+    dW_ref = ref.conv2d_backward(dy, x, layer.params["W"], layer.stride, layer.pads, layer.dilation)[1]
+    assert_close(layer.grads["W"], dW_ref, "winograd dW without dx")
+    assert seen == [False]  # no input gradient asked of the kernel
+
+
 def test_winograd_takes_only_the_convs_it_computes():
     from cnntrain.layers.conv import forward_method, input_grad_method
 
     rng = np.random.default_rng(0)
     for kwargs, shape, want in [({"filters": 32, "padding": "same"}, (32, 8, 8), ("winograd", "winograd")),
+                                ({"filters": 16, "padding": "same"}, (32, 8, 8), ("winograd", "winograd")),
                                 ({"filters": 8, "padding": "same"}, (32, 8, 8), ("winograd", "flipped")),
                                 ({"filters": 32, "padding": "same"}, (16, 8, 8), ("im2col", "offsets")),
                                 ({"filters": 32, "padding": "same"}, (8, 8, 8), ("im2col", "shifts")),
                                 ({"filters": 32, "padding": "same"}, (32, 7, 8), ("im2col", "flipped")),
-                                ({"filters": 32}, (32, 8, 8), ("winograd", "offsets")),  # keras_mnist's second conv
+                                ({"filters": 64}, (32, 8, 8), ("winograd", "winograd")),  # keras_mnist's second conv
+                                ({"filters": 8}, (32, 8, 8), ("winograd", "offsets")),
                                 ({"filters": 32}, (32, 7, 7), ("im2col", "offsets")),
                                 ({"filters": 32, "padding": 1, "stride": 2}, (32, 8, 8), ("im2col", "offsets")),
                                 ({"filters": 32, "padding": "same", "dilation": 2}, (32, 8, 8), ("im2col", "flipped")),

@@ -9,7 +9,7 @@ from ..registry import LAYERS
 from .channels_last import (FEW_CHANNELS, banded_weight_grad, column_sums, conv_forward_banded_nhwc,
                              conv_forward_nhwc, conv_input_grad_flipped_nhwc, conv_input_grad_nhwc,
                              conv_input_grad_shifts_nhwc, nchw, nhwc, pad_nhwc)
-from .winograd import conv_forward_winograd_nhwc, conv_input_grad_winograd_nhwc, winograd_weight_grad
+from .winograd import conv_forward_winograd_nhwc, winograd_backward
 from .geometry import out_size, resolve_padding
 from .base import Layer, check_shape, pair
 
@@ -33,14 +33,14 @@ SHIFTS_BELOW_CHANNELS = 16
 def input_grad_method(layer) -> str:
     """Which kernel computes a conv's input gradient; each is tested against the reference loops.
 
-    "winograd" (winograd_fits(layer, gradient=True): the forward's kernel on dy),
-    "flipped" (padded, stride 1, 32+ channels), "shifts" (stride 1, under 16 channels), else
-    "offsets" (conv_input_grad_nhwc: any stride; also unpadded convs with many channels, where
-    the other two do needless work on dy's zero border).
+    "winograd" (winograd.winograd_backward, with dW) where the forward is Winograd's and there are
+    WINOGRAD_MIN_FILTERS or more filters; "flipped" (padded, stride 1, 32+ channels), "shifts"
+    (stride 1, under 16 channels), else "offsets" (conv_input_grad_nhwc: any stride; also unpadded
+    convs with many channels, where the other two do needless work on dy's zero border).
     """
     (t, b), (l, r) = layer.pads
     channels = layer.in_shape[0]
-    if winograd_fits(layer, gradient=True):
+    if forward_method(layer) == "winograd" and layer.filters >= WINOGRAD_MIN_FILTERS:
         return "winograd"
     if layer.stride != (1, 1):
         return "offsets"
@@ -49,28 +49,23 @@ def input_grad_method(layer) -> str:
     return "flipped" if (t or b or l or r) and channels >= FLIPPED_MIN_CHANNELS else "offsets"
 
 
-# Input channels (and filters, for the input gradient) from which Winograd F(2x2, 3x3) won, one
-# thread, 32 images: cifar10_cnn's 32-128 channel convs 17-37% faster forward and backward
-# (32x32x32x32 27.7 -> 22.2 ms, 16x16x64x64 23.4 -> 15.2); with 16 channels at 14x14
-# (mnist_bn_dropout) the forward was slower, 1.02 against 0.68 ms: too few to pay for the transforms.
+# Input channels from which Winograd F(2x2, 3x3) won, one thread, 32 images: cifar10_cnn's
+# 32-128 channel convs 17-37% faster forward and backward (32x32x32x32 27.7 -> 22.2 ms, 16x16x64x64
+# 23.4 -> 15.2); with 16 channels at 14x14 (mnist_bn_dropout) the forward was slower, 1.02 against
+# 0.68 ms: too few to pay for the transforms. Its input gradient (dM U^T per tile position, folded
+# back onto the input) needs WINOGRAD_MIN_FILTERS: a 16x16x32 conv's forward and backward with 8
+# filters took 2.4-3.5 ms against 1.9-2.1 for "flipped"; with 16 they tied, with 24 Winograd won.
 WINOGRAD_MIN_CHANNELS = 32
+WINOGRAD_MIN_FILTERS = 16
 
 
-def winograd_fits(layer, gradient: bool = False) -> bool:
-    """Whether Winograd F(2x2, 3x3) computes a conv's forward: 3x3, stride 1, no dilation, even output
-    sides and 32+ input channels; or, with gradient, its input gradient: even input sides, padding
-    of 1 or 2 on each side and 32+ channels and filters (dy's channels are that kernel's input, the
-    conv's channels its output; mnist_bn_dropout's 16 -> 32 conv: 1.19 against 0.94 ms). Unpadded, dy's
-    zero border made it the slower one (keras_mnist's 26x26x32 -> 64 conv: 13.9 against 8.5 ms for
-    conv_input_grad_nhwc, where its forward went 12.0 -> 9.7 ms and weight gradient 11.1 -> 9.1)."""
+def winograd_fits(layer) -> bool:
+    """Whether Winograd F(2x2, 3x3) computes a conv's forward (and its weight gradient): 3x3, stride 1,
+    no dilation, even output sides and 32+ input channels. Any padding: the transform pads as it goes."""
     F, OH, OW = layer.out_shape
-    C, H, W = layer.in_shape
     if layer.kernel_size != (3, 3) or layer.stride != (1, 1) or layer.dilation != (1, 1):
         return False
-    if gradient:
-        return (H % 2 == 0 and W % 2 == 0 and all(1 <= p <= 2 for pair in layer.pads for p in pair)
-                and min(C, F) >= WINOGRAD_MIN_CHANNELS)
-    return OH % 2 == 0 and OW % 2 == 0 and C >= WINOGRAD_MIN_CHANNELS
+    return OH % 2 == 0 and OW % 2 == 0 and layer.in_shape[0] >= WINOGRAD_MIN_CHANNELS
 
 
 def forward_method(layer) -> str:
@@ -152,32 +147,37 @@ class Conv2D(Layer):
         check_shape(x, self.in_shape, self)
         N = x.shape[0]
         F, OH, OW = self.out_shape
-        xp = pad_nhwc(nhwc(x), self.pads)
         W = W.transpose(2, 3, 1, 0).reshape(-1, F)  # (KH*KW*C, F), matching im2col's columns
         method = forward_method(self)
-        if method == "winograd":
-            y, blocks = conv_forward_winograd_nhwc(xp, W, (OH, OW), training)
-        elif method == "banded":
-            y, blocks = conv_forward_banded_nhwc(xp, W, self.kernel_size, (OH, OW), training)
+        if method == "winograd":  # pads on the way into its transform
+            xh = nhwc(x)
+            y, blocks = conv_forward_winograd_nhwc(xh, W, self.pads, (OH, OW), training)
+            padded_shape = (N, OH + 2, OW + 2, xh.shape[3])
         else:
-            y, blocks = conv_forward_nhwc(xp, W, self.kernel_size, self.stride, self.dilation, (OH, OW), training)
+            xp = pad_nhwc(nhwc(x), self.pads)
+            padded_shape = xp.shape
+            if method == "banded":
+                y, blocks = conv_forward_banded_nhwc(xp, W, self.kernel_size, (OH, OW), training)
+            else:
+                y, blocks = conv_forward_nhwc(xp, W, self.kernel_size, self.stride, self.dilation, (OH, OW),
+                                              training)
         if b is not None:  # added row by row of the image, (OW*F,) at a time: a (F,) row per pixel is
             # too short for a ufunc to amortise its per-row overhead when F is small
             rows = y.reshape(N * OH, OW * F)
             rows += np.tile(b, OW)
         if training:
-            self._cache = (blocks, W, xp.shape)
+            self._cache = (blocks, W, padded_shape)
         return nchw(y.reshape(N, OH, OW, F))
 
     def backward(self, dy):
-        dym, W, padded_shape = self.backward_params(dy)
+        dym, W, padded_shape, dx = self._backward(dy, input_grad=True)
+        if dx is not None:  # Winograd's, made with dW from the same transformed dy
+            return nchw(dx)
         F, OH, OW = self.out_shape
         (t, _), (l, _) = self.pads
         C, H, Wd = self.in_shape
         args = (self.kernel_size, self.dilation, (OH, OW))
         method = input_grad_method(self)
-        if method == "winograd":
-            return nchw(conv_input_grad_winograd_nhwc(dym, W, (padded_shape[0], H, Wd, C), self.pads, (OH, OW)))
         if method == "flipped":
             return nchw(conv_input_grad_flipped_nhwc(dym, W, (padded_shape[0], H, Wd, C), self.pads, *args))
         if method == "shifts":
@@ -186,15 +186,21 @@ class Conv2D(Layer):
         return nchw(dxp[:, t : t + H, l : l + Wd])
 
     def backward_params(self, dy):
-        """Parameter gradients only (for a first layer, whose input needs none); returns what dx needs."""
+        """Parameter gradients only, for a first layer, whose input needs none."""
+        self._backward(dy, input_grad=False)
+
+    def _backward(self, dy, input_grad: bool):
+        """Parameter gradients; returns what the input gradient needs, and that gradient (N, H, W, C)
+        itself where the Winograd backward made it alongside dW (else None)."""
         blocks, W, padded_shape = self._pop_cache()
         F, OH, OW = self.out_shape
         KH, KW = self.kernel_size
-        C = self.in_shape[0]
+        C, H, Wd = self.in_shape
         dym = nhwc(dy).reshape(-1, F)  # (N*OH*OW, F)
-        method = forward_method(self)
+        method, dx = forward_method(self), None
         if method == "winograd":
-            dW = winograd_weight_grad(blocks, dym, (OH, OW), C)
+            dW, dx = winograd_backward(blocks, dym, W, self.pads, (padded_shape[0], H, Wd, C), (OH, OW),
+                                       input_grad and input_grad_method(self) == "winograd")
         elif method == "banded":
             dW = banded_weight_grad(blocks, dym, self.kernel_size, C, (OH, OW))
         else:
@@ -206,7 +212,7 @@ class Conv2D(Layer):
         self.grads["W"] = np.ascontiguousarray(dW.reshape(KH, KW, C, F).transpose(3, 2, 0, 1))
         if self.use_bias:
             self.grads["b"] = column_sums(dym)
-        return dym, W, padded_shape
+        return dym, W, padded_shape, dx
 
     def macs(self):
         F, OH, OW = self.out_shape

@@ -5,18 +5,26 @@ Each 2x2 block of outputs comes from a 4x4 input tile at stride 2,
 Y = A^T [(G g G^T) * (B^T d B)] A, summed over channels: 16 products of (tiles, C) by (C, F)
 instead of im2col's one of (pixels, 9C) by (9C, F), 2.25 times fewer multiply-adds.
 B^T = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]] and A^T = [[1,1,1,0],[0,1,-1,-1]] are applied as
-adds and subtractions over strided views, G as a matrix. reference.conv2d_forward / conv2d_backward
-are the loops these are tested against.
+adds and subtractions, G as a matrix. The backward pass runs the same algorithm's adjoints:
+dM = A dY A^T, then dU = V^T dM for the weights and dV = dM U^T, folded back onto the overlapping
+input tiles (B dV B^T), for the input.
+
+Memory layout: neighbouring columns of a channels-last image are C values apart, so a transform
+between columns, done directly, would run NumPy's inner loop over only C values at a time. The
+columns are split instead into even and odd ones (one copy that moves whole C-value runs, as
+items of a void dtype), after which every add runs over whole rows of tiles.
+reference.conv2d_forward / conv2d_backward are the loops all of this is tested against.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .channels_last import pad_nhwc
-
 WINOGRAD_G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
 WINOGRAD_CHUNK_BYTES = 1 << 20  # transformed input per product: 2-8 images of cifar10_cnn, the fastest measured
+# The adjoint dM is built with its fourth row and column negated (no negation passes); the products
+# that read it take these signs back, on their small (C, F) operands.
+_SIGNS = np.outer([1, 1, 1, -1], [1, 1, 1, -1]).reshape(16, 1, 1)
 
 
 def winograd_weights(W: np.ndarray, channels: int) -> np.ndarray:
@@ -26,24 +34,95 @@ def winograd_weights(W: np.ndarray, channels: int) -> np.ndarray:
     return (G @ rows).reshape(16, channels, -1)  # two products, 15 times faster than the einsum
 
 
-def _bt(rows):
-    """B^T applied along one axis: four arrays (d0 - d2, d1 + d2, d2 - d1, d1 - d3) from four."""
-    d0, d1, d2, d3 = rows
-    return d0 - d2, d1 + d2, d2 - d1, d1 - d3
+def _items(a: np.ndarray) -> np.ndarray:
+    """(n, H, W, C) memory as an (n, H, W) array of C-value items: strided copies then move whole runs."""
+    n, H, W, C = a.shape
+    return a.view(np.dtype((np.void, C * a.itemsize))).reshape(n, H, W)
 
 
-def winograd_input(xp: np.ndarray, tiles_hw) -> np.ndarray:
-    """Padded (n, 2TH+2, 2TW+2, C) -> V = B^T d B of every 4x4 tile at stride 2, as (16, n*TH*TW, C)."""
-    n, _, _, C = xp.shape
+def _column_runs(width: int, left: int, pairs: int):
+    """For even (q=0) and odd (q=1) padded columns 2k+q, k < pairs, of an image `width` wide padded by
+    `left`: (q, first k inside the image, its image column, how many inside, every other column)."""
+    for q in (0, 1):
+        k = max(0, (left - q + 1) // 2)
+        c = 2 * k + q - left
+        yield q, k, c, max(0, min(pairs - k, (width - c + 1) // 2))
+
+
+def split_columns(x: np.ndarray, pads, pairs: int):
+    """x (n, H, W, C), zero padded by pads -> its even and odd padded columns, each (n, Hp, pairs, C)."""
+    n, H, W, C = x.shape
+    (t, b), (l, _) = pads
+    xs = _items(x)
+    halves = []
+    for _, k, c, count in _column_runs(W, l, pairs):
+        half = np.empty((n, H + t + b, pairs, C), dtype=x.dtype)
+        half[:, :t] = 0
+        half[:, t + H :] = 0
+        half[:, t : t + H, :k] = 0
+        half[:, t : t + H, k + count :] = 0
+        _items(half)[:, t : t + H, k : k + count] = xs[:, :, c : c + 2 * count : 2]
+        halves.append(half)
+    return halves
+
+
+def winograd_input(x: np.ndarray, pads, tiles_hw) -> np.ndarray:
+    """V = B^T d B of every 4x4 tile at stride 2 of x (n, H, W, C) zero padded by pads, as (16, n*TH*TW, C).
+
+    B^T along columns first, on the even and odd columns: tile t's are e[t], o[t], e[t+1], o[t+1].
+    """
+    n, _, _, C = x.shape
     TH, TW = tiles_hw
-    V = np.empty((4, 4, n, TH, TW, C), dtype=xp.dtype)
-    for i, u in enumerate(_bt([xp[:, k : k + 2 * TH : 2] for k in range(4)])):  # rows, over whole image rows
-        c0, c1, c2, c3 = (u[:, :, k : k + 2 * TW : 2] for k in range(4))
-        np.subtract(c0, c2, out=V[i, 0])
-        np.add(c1, c2, out=V[i, 1])
-        np.subtract(c2, c1, out=V[i, 2])
-        np.subtract(c1, c3, out=V[i, 3])
+    e, o = split_columns(x, pads, TW + 1)
+    e0, e1, o0, o1 = e[:, :, :TW], e[:, :, 1:], o[:, :, :TW], o[:, :, 1:]
+    V = np.empty((4, 4, n, TH, TW, C), dtype=x.dtype)
+    for j, u in enumerate((e0 - e1, o0 + e1, e1 - o0, o0 - o1)):  # then along rows, at stride 2
+        d0, d1, d2, d3 = (u[:, k : k + 2 * TH : 2] for k in range(4))
+        np.subtract(d0, d2, out=V[0, j])
+        np.add(d1, d2, out=V[1, j])
+        np.subtract(d2, d1, out=V[2, j])
+        np.subtract(d1, d3, out=V[3, j])
     return V.reshape(16, n * TH * TW, C)
+
+
+def winograd_input_adjoint(dV: np.ndarray, tiles_hw, pads, out: np.ndarray) -> None:
+    """The gradient of winograd_input: dV (16, n*TH*TW, C) -> d x, written into out (n, H, W, C).
+
+    B dV B^T per tile, then the tiles' overlaps summed: padded row 2k gets tile k's first row and
+    tile k-1's third, row 2k+1 tile k's second and tile k-1's fourth; columns alike.
+    """
+    n, H, W, C = out.shape
+    TH, TW = tiles_hw
+    (t, _), (l, _) = pads
+    dV = dV.reshape(4, 4, n, TH, TW, C)
+    rows = np.empty((4, n, TH + 1, 2, TW, C), dtype=dV.dtype)  # (column j, image, padded row, column, C)
+    _fold_tiles(dV, rows[:, :, :, 0], rows[:, :, :, 1], TH, axis=2)
+    rows = rows.reshape(4, n, 2 * TH + 2, TW, C)
+    halves = np.empty((2, n, 2 * TH + 2, TW + 1, C), dtype=dV.dtype)  # even and odd padded columns
+    _fold_tiles(rows, halves[0], halves[1], TW, axis=2)
+    outs = _items(out)
+    for q, k, c, count in _column_runs(W, l, TW + 1):
+        outs[:, :, c : c + 2 * count : 2] = _items(halves[q])[:, t : t + H, k : k + count]
+
+
+def _fold_tiles(d, even, odd, T: int, axis: int) -> None:
+    """B applied to the four tile rows d[0..3] (tiles along `axis` of each), summed where tiles overlap:
+    even[k] = d0[k] + (d1 + d2 - d0)[k-1], odd[k] = (d1 - d2 + d3)[k] - d3[k-1], for k = 0..T.
+    Three adds per output row, the fewest two-operand ufuncs can do it in."""
+    def at(a, k):
+        return a[(slice(None),) * axis + (k,)]
+
+    d0, d1, d2, d3 = d
+    s = d1 + d2
+    s -= d0
+    at(even, 0)[...] = at(d0, 0)
+    np.add(at(d0, slice(1, None)), at(s, slice(0, T - 1)), out=at(even, slice(1, T)))
+    at(even, T)[...] = at(s, T - 1)
+    np.subtract(d1, d2, out=s)
+    s += d3
+    np.subtract(at(s, slice(1, None)), at(d3, slice(0, T - 1)), out=at(odd, slice(1, T)))
+    at(odd, 0)[...] = at(s, 0)
+    np.negative(at(d3, T - 1), out=at(odd, T))
 
 
 def winograd_output(M: np.ndarray, n: int, tiles_hw, out: np.ndarray) -> None:
@@ -51,77 +130,77 @@ def winograd_output(M: np.ndarray, n: int, tiles_hw, out: np.ndarray) -> None:
     TH, TW = tiles_hw
     M = M.reshape(4, 4, n, TH, TW, -1)
     y = out.reshape(n, TH, 2, TW, 2, -1)
-    for a, r in enumerate((M[0] + M[1] + M[2], M[1] - M[2] - M[3])):  # A^T over rows, then columns
-        np.add(r[0] + r[1], r[2], out=y[:, :, a, :, 0])
+    for a, r in enumerate((M[0] + M[1] + M[2], M[1] - M[2] - M[3])):  # A^T over rows, then columns (written
+        np.add(r[0] + r[1], r[2], out=y[:, :, a, :, 0])  # straight to every other column: no faster split)
         np.subtract(r[1] - r[2], r[3], out=y[:, :, a, :, 1])
 
 
 def winograd_output_adjoint(dy: np.ndarray) -> np.ndarray:
-    """dM = A dY A^T of each 2x2 block of dy (n, 2TH, 2TW, F): the gradient of winograd_output's M, (16, n*TH*TW, F)."""
+    """dM = A dY A^T of each 2x2 block of dy (n, 2TH, 2TW, F): the gradient of winograd_output's M, as
+    (16, n*TH*TW, F), with its fourth row and column negated (_SIGNS restores them)."""
     n, H, W, F = dy.shape
     TH, TW = H // 2, W // 2
+    e, o = split_columns(dy, ((0, 0), (0, 0)), TW)
     dM = np.empty((4, 4, n, TH, TW, F), dtype=dy.dtype)
-    y0, y1 = dy[:, 0::2], dy[:, 1::2]
-    for i, r in enumerate((y0, y0 + y1, y0 - y1, -y1)):  # A = [[1,0],[1,1],[1,-1],[0,-1]], rows then columns
-        c0, c1 = r[:, :, 0::2], r[:, :, 1::2]
-        dM[i, 0] = c0
-        np.add(c0, c1, out=dM[i, 1])
-        np.subtract(c0, c1, out=dM[i, 2])
-        np.negative(c1, out=dM[i, 3])
+    for c, j in ((e, 0), (o, 3)):  # A = [[1,0],[1,1],[1,-1],[0,-1]] over rows, its last row's sign left out
+        r0, r1 = c[:, 0::2], c[:, 1::2]
+        dM[0, j] = r0
+        np.add(r0, r1, out=dM[1, j])
+        np.subtract(r0, r1, out=dM[2, j])
+        dM[3, j] = r1
+    np.add(dM[:, 0], dM[:, 3], out=dM[:, 1])  # then over columns
+    np.subtract(dM[:, 0], dM[:, 3], out=dM[:, 2])
     return dM.reshape(16, n * TH * TW, F)
 
 
-def conv_forward_winograd_nhwc(xp: np.ndarray, W: np.ndarray, out_hw, keep: bool):
+def conv_forward_winograd_nhwc(x: np.ndarray, W: np.ndarray, pads, out_hw, keep: bool):
     """conv_forward_nhwc for a 3x3, stride-1 conv with even output sides, by Winograd F(2x2, 3x3).
-    xp: the padded input, (N, OH + 2, OW + 2, C).
+    x: the unpadded input, (N, H, W, C), padded by pads on the way into the transform.
 
     16 products of (tiles, C) by (C, F) instead of one of (pixels, 9C) by (9C, F): 2.25 times
     fewer multiply-adds, and transforms of the input (six adds per value) and output in place of
     im2col's nine-fold copy, a few images at a time so the transformed tiles stay in cache.
-    cifar10_cnn's forward convs, 32 images on one thread: 25-41% faster than im2col. Returns
-    y (N*OH*OW, F) and, when keep, the transformed input blocks (winograd_weight_grad's).
+    Returns y (N*OH*OW, F) and, when keep, the transformed input blocks (winograd_backward's).
     """
-    N, _, _, C = xp.shape
+    N, _, _, C = x.shape
     OH, OW = out_hw
     tiles = (OH // 2, OW // 2)
     U = winograd_weights(W, C)
-    step = max(1, WINOGRAD_CHUNK_BYTES // (16 * tiles[0] * tiles[1] * C * xp.itemsize))
-    y = np.empty((N * OH * OW, W.shape[1]), dtype=np.result_type(xp, W))
+    step = max(1, WINOGRAD_CHUNK_BYTES // (16 * tiles[0] * tiles[1] * C * x.itemsize))
+    y = np.empty((N * OH * OW, W.shape[1]), dtype=np.result_type(x, W))
     blocks = []
     for start in range(0, N, step):
-        sub = xp[start : start + step]
-        V = winograd_input(sub, tiles)
-        winograd_output(np.matmul(V, U), len(sub), tiles, y[start * OH * OW : (start + len(sub)) * OH * OW])
+        V = winograd_input(x[start : start + step], pads, tiles)
+        n = V.shape[1] // (tiles[0] * tiles[1])
+        winograd_output(np.matmul(V, U), n, tiles, y[start * OH * OW : (start + n) * OH * OW])
         if keep:
             blocks.append(V)
     return y, blocks
 
 
-def winograd_weight_grad(blocks, dym: np.ndarray, out_hw, channels: int) -> np.ndarray:
-    """The weight gradient (9*C, F) of conv_forward_winograd_nhwc: dU = V^T dM per tile position, summed
-    over the blocks, then G^T dU G."""
+def winograd_backward(blocks, dym: np.ndarray, W: np.ndarray, pads, in_shape, out_hw, input_grad: bool):
+    """The weight gradient (9*C, F) of conv_forward_winograd_nhwc and, with input_grad, its input
+    gradient (N, H, W, C) (else None), block by block of the forward's images.
+
+    dM = A dY A^T; dU = V^T dM per tile position, summed over the blocks, then dW = G^T dU G;
+    dV = dM U^T, folded back onto the input by winograd_input_adjoint. dM is made once for both.
+    """
+    N, _, _, C = in_shape
     OH, OW = out_hw
+    tiles = (OH // 2, OW // 2)
     F = dym.shape[1]
+    Ut = (winograd_weights(W, C) * _SIGNS.astype(W.dtype)).transpose(0, 2, 1) if input_grad else None
+    dx = np.empty(in_shape, dtype=dym.dtype) if input_grad else None
     dU, start = None, 0
     for V in blocks:
-        n = V.shape[1] * 4 // (OH * OW)
+        n = V.shape[1] // (tiles[0] * tiles[1])
         dM = winograd_output_adjoint(dym[start * OH * OW : (start + n) * OH * OW].reshape(n, OH, OW, F))
         part = np.matmul(V.transpose(0, 2, 1), dM)
         dU = part if dU is None else dU + part
+        if input_grad:
+            winograd_input_adjoint(np.matmul(dM, Ut), tiles, pads, dx[start : start + n])
         start += n
+    dU *= _SIGNS.astype(dU.dtype)
     G = WINOGRAD_G.astype(dym.dtype)
     rows = (G.T @ dU.reshape(4, -1)).reshape(3, 4, -1)
-    return (G.T @ rows).reshape(9 * channels, F)
-
-
-def conv_input_grad_winograd_nhwc(dym: np.ndarray, W: np.ndarray, in_shape, pads, out_hw) -> np.ndarray:
-    """The input gradient (N, H, W, C), H and W even, of a 3x3 stride-1 conv padded by at most 2 on each
-    side: conv_forward_winograd_nhwc of dy, padded by 2 less the conv's padding, with the kernel flipped
-    and F, C swapped."""
-    N, H, Wd, C = in_shape
-    (t, b), (l, r) = pads
-    F = dym.shape[1]
-    flipped = np.ascontiguousarray(W.reshape(3, 3, C, F)[::-1, ::-1].transpose(0, 1, 3, 2)).reshape(9 * F, C)
-    dyp = pad_nhwc(dym.reshape(N, *out_hw, F), ((2 - t, 2 - b), (2 - l, 2 - r)))
-    dx, _ = conv_forward_winograd_nhwc(dyp, flipped, (H, Wd), keep=False)
-    return dx.reshape(N, H, Wd, C)
+    return (G.T @ rows).reshape(9 * C, F), dx

@@ -65,10 +65,10 @@ def gemm_shapes(spec: dict, batch: int, training: bool = True) -> list[tuple[str
                     shapes += [(f"{kind} forward", n * OH * OW, K, F)]
                     shapes += [(f"{kind} dW", K, n * OH * OW, F)] if training else []
             if training and not first:
-                if input_grad_method(layer) == "winograd":  # the forward's products on dy, F and C swapped
-                    H, W = layer.in_shape[1:]
-                    for n in chunks(16 * (H * W // 4) * F * 4, WINOGRAD_CHUNK_BYTES):
-                        shapes += [(f"{kind} dx", n * H * W // 4, F, C)] * 16
+                if input_grad_method(layer) == "winograd":  # dM U^T per tile position, the forward's blocks
+                    tiles = OH * OW // 4
+                    for n in chunks(16 * tiles * C * 4, WINOGRAD_CHUNK_BYTES):
+                        shapes += [(f"{kind} dx", n * tiles, F, C)] * 16
                 else:
                     for n in chunks(OH * OW * K * 4, CHUNK_BYTES):
                         shapes += [(f"{kind} dx", n * OH * OW, F, K)]

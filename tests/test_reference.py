@@ -238,6 +238,9 @@ def test_banded_conv_matches_reference(monkeypatch, C, H, W, F, kernel, stride, 
     (2, 6, 8, 3, ((1, 1), (2, 2))), (2, 6, 8, 3, ((2, 0), (0, 2))),  # padding of 2, and on one side only
     (2, 6, 8, 3, "valid"), (2, 5, 7, 3, ((0, 1), (1, 0))),  # odd input sides
     (2, 7, 9, 3, ((1, 0), (0, 1))), (3, 4, 4, 2, ((2, 2), (1, 1))),  # a tile row or column all padding
+    # output sides multiples of 4: F(4x4, 3x3)
+    (3, 8, 8, 2, "same"), (4, 12, 8, 5, "same"), (2, 6, 10, 3, "valid"), (2, 5, 9, 3, ((1, 0), (0, 1))),
+    (3, 2, 4, 2, ((2, 2), (1, 1))), (1, 2, 2, 1, ((2, 2), (2, 2))),
 ])
 def test_winograd_conv_matches_reference(monkeypatch, C, H, W, F, padding, chunk_bytes):
     from cnntrain.layers import conv
@@ -249,10 +252,13 @@ def test_winograd_conv_matches_reference(monkeypatch, C, H, W, F, padding, chunk
     rng = np.random.default_rng(0)
     layer, (_, OH, OW) = make("conv2d", {"filters": F, "kernel_size": 3, "padding": padding}, (C, H, W), rng)
     assert (conv.forward_method(layer), conv.input_grad_method(layer)) == ("winograd", "winograd")
+    m = 4 if OH % 4 == 0 and OW % 4 == 0 else 2
+    assert conv.winograd_scheme(layer).m == m
     x = rng.standard_normal((3, C, H, W))
     layer.forward(x, training=True)
     blocks = layer._pop_cache()[0]  # the transformed input tiles kept for dW
-    assert [b.shape for b in blocks] == [(16, (1 if chunk_bytes == 1 else 3) * (OH // 2) * (OW // 2), C)] * len(blocks)
+    tiles = (1 if chunk_bytes == 1 else 3) * (OH // m) * (OW // m)
+    assert [b.shape for b in blocks] == [((m + 2) ** 2, tiles, C)] * len(blocks)
     check_conv(layer, x, rng, f"winograd conv2d x{x.shape} F={F} padding {padding}")
 
 
@@ -261,7 +267,7 @@ def test_winograd_first_layer_makes_only_the_weight_gradient(monkeypatch):
 
     seen = []
     real = conv.winograd_backward
-    monkeypatch.setattr(conv, "winograd_backward", lambda *a: seen.append(a[-1]) or real(*a))
+    monkeypatch.setattr(conv, "winograd_backward", lambda *a: seen.append(a[6]) or real(*a))
     rng = np.random.default_rng(0)
     layer, _ = make("conv2d", {"filters": 16, "kernel_size": 3, "padding": "same"}, (32, 4, 4), rng)
     x = rng.standard_normal((2, 32, 4, 4))

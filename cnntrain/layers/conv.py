@@ -9,7 +9,8 @@ from ..registry import LAYERS
 from .channels_last import (FEW_CHANNELS, banded_weight_grad, column_sums, conv_forward_banded_nhwc,
                              conv_forward_nhwc, conv_input_grad_flipped_nhwc, conv_input_grad_nhwc,
                              conv_input_grad_shifts_nhwc, nchw, nhwc, pad_nhwc)
-from .winograd import conv_forward_winograd_nhwc, winograd_backward
+from .winograd import F2x2, conv_forward_winograd_nhwc, winograd_backward
+from .winograd_f4 import F4x4
 from .geometry import out_size, resolve_padding
 from .base import Layer, check_shape, pair
 
@@ -66,6 +67,12 @@ def winograd_fits(layer) -> bool:
     if layer.kernel_size != (3, 3) or layer.stride != (1, 1) or layer.dilation != (1, 1):
         return False
     return OH % 2 == 0 and OW % 2 == 0 and layer.in_shape[0] >= WINOGRAD_MIN_CHANNELS
+
+
+def winograd_scheme(layer):
+    """F(4x4, 3x3) (winograd_f4.F4x4) where the output sides are multiples of 4, else F(2x2, 3x3)."""
+    _, OH, OW = layer.out_shape
+    return F4x4 if OH % 4 == 0 and OW % 4 == 0 else F2x2
 
 
 def forward_method(layer) -> str:
@@ -151,7 +158,7 @@ class Conv2D(Layer):
         method = forward_method(self)
         if method == "winograd":  # pads on the way into its transform
             xh = nhwc(x)
-            y, blocks = conv_forward_winograd_nhwc(xh, W, self.pads, (OH, OW), training)
+            y, blocks = conv_forward_winograd_nhwc(xh, W, self.pads, (OH, OW), training, winograd_scheme(self))
             padded_shape = (N, OH + 2, OW + 2, xh.shape[3])
         else:
             xp = pad_nhwc(nhwc(x), self.pads)
@@ -200,7 +207,7 @@ class Conv2D(Layer):
         method, dx = forward_method(self), None
         if method == "winograd":
             dW, dx = winograd_backward(blocks, dym, W, self.pads, (padded_shape[0], H, Wd, C), (OH, OW),
-                                       input_grad and input_grad_method(self) == "winograd")
+                                       input_grad and input_grad_method(self) == "winograd", winograd_scheme(self))
         elif method == "banded":
             dW = banded_weight_grad(blocks, dym, self.kernel_size, C, (OH, OW))
         else:

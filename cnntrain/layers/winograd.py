@@ -20,18 +20,15 @@ from __future__ import annotations
 
 import numpy as np
 
-WINOGRAD_G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
 WINOGRAD_CHUNK_BYTES = 1 << 20  # transformed input per product: 2-8 images of cifar10_cnn, the fastest measured
-# The adjoint dM is built with its fourth row and column negated (no negation passes); the products
-# that read it take these signs back, on their small (C, F) operands.
-_SIGNS = np.outer([1, 1, 1, -1], [1, 1, 1, -1]).reshape(16, 1, 1)
 
 
-def winograd_weights(W: np.ndarray, channels: int) -> np.ndarray:
-    """W as (9*C, F), rows in (kh, kw, c) order -> U = G g G^T as (16, C, F), 16 in (row, column) order."""
-    G = WINOGRAD_G.astype(W.dtype)
-    rows = (G @ W.reshape(3, -1)).reshape(4, 3, -1)  # G along the kernel's rows, then (batched) its columns:
-    return (G @ rows).reshape(16, channels, -1)  # two products, 15 times faster than the einsum
+def winograd_weights(W: np.ndarray, channels: int, G: np.ndarray) -> np.ndarray:
+    """W as (9*C, F), rows in (kh, kw, c) order -> U = G g G^T as (a*a, C, F), in (row, column) order."""
+    G = G.astype(W.dtype)
+    a = len(G)
+    rows = (G @ W.reshape(3, -1)).reshape(a, 3, -1)  # G along the kernel's rows, then (batched) its columns:
+    return (G @ rows).reshape(a * a, channels, -1)  # two products, 15 times faster than the einsum
 
 
 def _items(a: np.ndarray) -> np.ndarray:
@@ -40,33 +37,43 @@ def _items(a: np.ndarray) -> np.ndarray:
     return a.view(np.dtype((np.void, C * a.itemsize))).reshape(n, H, W)
 
 
-def _column_runs(width: int, left: int, pairs: int):
-    """For even (q=0) and odd (q=1) padded columns 2k+q, k < pairs, of an image `width` wide padded by
-    `left`: (q, first k inside the image, its image column, how many inside, every other column)."""
-    for q in (0, 1):
-        k = max(0, (left - q + 1) // 2)
-        c = 2 * k + q - left
-        yield q, k, c, max(0, min(pairs - k, (width - c + 1) // 2))
+def _column_runs(width: int, left: int, count: int, phases: int):
+    """For each phase r of the padded columns P*k + r (P phases, k < count) of an image `width` wide
+    padded by `left`: (r, the first k inside the image, its image column, how many are inside)."""
+    for r in range(phases):
+        k = max(0, (left - r + phases - 1) // phases)
+        c = phases * k + r - left
+        yield r, k, c, max(0, min(count - k, (width - c + phases - 1) // phases))
 
 
-def split_columns(x: np.ndarray, pads, pairs: int):
-    """x (n, H, W, C), zero padded by pads -> its even and odd padded columns, each (n, Hp, pairs, C)."""
+def split_columns(x: np.ndarray, pads, count: int, phases: int = 2) -> list[np.ndarray]:
+    """x (n, H, W, C), zero padded by pads -> its padded columns P*k + r, k < count, as P arrays
+    (n, Hp, count, C), one per phase r: even and odd columns for P = 2."""
     n, H, W, C = x.shape
     (t, b), (l, _) = pads
     xs = _items(x)
-    halves = []
-    for _, k, c, count in _column_runs(W, l, pairs):
-        half = np.empty((n, H + t + b, pairs, C), dtype=x.dtype)
-        half[:, :t] = 0
-        half[:, t + H :] = 0
-        half[:, t : t + H, :k] = 0
-        half[:, t : t + H, k + count :] = 0
-        _items(half)[:, t : t + H, k : k + count] = xs[:, :, c : c + 2 * count : 2]
-        halves.append(half)
-    return halves
+    parts = []
+    for _, k, c, inside in _column_runs(W, l, count, phases):
+        part = np.empty((n, H + t + b, count, C), dtype=x.dtype)
+        part[:, :t] = 0
+        part[:, t + H :] = 0
+        part[:, t : t + H, :k] = 0
+        part[:, t : t + H, k + inside :] = 0
+        _items(part)[:, t : t + H, k : k + inside] = xs[:, :, c : c + phases * inside : phases]
+        parts.append(part)
+    return parts
 
 
-def winograd_input(x: np.ndarray, pads, tiles_hw) -> np.ndarray:
+def merge_columns(parts, pads, out: np.ndarray) -> None:
+    """The inverse of split_columns, cropped: out (n, H, W, C) = the image's columns of the phases."""
+    _, H, W, _ = out.shape
+    (t, _), (l, _) = pads
+    outs, phases = _items(out), len(parts)
+    for r, k, c, inside in _column_runs(W, l, parts[0].shape[2], phases):
+        outs[:, :, c : c + phases * inside : phases] = _items(parts[r])[:, t : t + H, k : k + inside]
+
+
+def _input2(x: np.ndarray, pads, tiles_hw) -> np.ndarray:
     """V = B^T d B of every 4x4 tile at stride 2 of x (n, H, W, C) zero padded by pads, as (16, n*TH*TW, C).
 
     B^T along columns first, on the even and odd columns: tile t's are e[t], o[t], e[t+1], o[t+1].
@@ -85,24 +92,21 @@ def winograd_input(x: np.ndarray, pads, tiles_hw) -> np.ndarray:
     return V.reshape(16, n * TH * TW, C)
 
 
-def winograd_input_adjoint(dV: np.ndarray, tiles_hw, pads, out: np.ndarray) -> None:
-    """The gradient of winograd_input: dV (16, n*TH*TW, C) -> d x, written into out (n, H, W, C).
+def _input2_adjoint(dV: np.ndarray, tiles_hw, pads, out: np.ndarray) -> None:
+    """The gradient of _input2: dV (16, n*TH*TW, C) -> d x, written into out (n, H, W, C).
 
     B dV B^T per tile, then the tiles' overlaps summed: padded row 2k gets tile k's first row and
     tile k-1's third, row 2k+1 tile k's second and tile k-1's fourth; columns alike.
     """
-    n, H, W, C = out.shape
+    n, _, _, C = out.shape
     TH, TW = tiles_hw
-    (t, _), (l, _) = pads
     dV = dV.reshape(4, 4, n, TH, TW, C)
     rows = np.empty((4, n, TH + 1, 2, TW, C), dtype=dV.dtype)  # (column j, image, padded row, column, C)
     _fold_tiles(dV, rows[:, :, :, 0], rows[:, :, :, 1], TH, axis=2)
     rows = rows.reshape(4, n, 2 * TH + 2, TW, C)
     halves = np.empty((2, n, 2 * TH + 2, TW + 1, C), dtype=dV.dtype)  # even and odd padded columns
     _fold_tiles(rows, halves[0], halves[1], TW, axis=2)
-    outs = _items(out)
-    for q, k, c, count in _column_runs(W, l, TW + 1):
-        outs[:, :, c : c + 2 * count : 2] = _items(halves[q])[:, t : t + H, k : k + count]
+    merge_columns(halves, pads, out)
 
 
 def _fold_tiles(d, even, odd, T: int, axis: int) -> None:
@@ -125,7 +129,7 @@ def _fold_tiles(d, even, odd, T: int, axis: int) -> None:
     np.negative(at(d3, T - 1), out=at(odd, T))
 
 
-def winograd_output(M: np.ndarray, n: int, tiles_hw, out: np.ndarray) -> None:
+def _output2(M: np.ndarray, n: int, tiles_hw, out: np.ndarray) -> None:
     """A^T m A of every tile of M (16, n*TH*TW, F) into out, (n*2TH*2TW, F) in (image, row, column) order."""
     TH, TW = tiles_hw
     M = M.reshape(4, 4, n, TH, TW, -1)
@@ -135,9 +139,9 @@ def winograd_output(M: np.ndarray, n: int, tiles_hw, out: np.ndarray) -> None:
         np.subtract(r[1] - r[2], r[3], out=y[:, :, a, :, 1])
 
 
-def winograd_output_adjoint(dy: np.ndarray) -> np.ndarray:
-    """dM = A dY A^T of each 2x2 block of dy (n, 2TH, 2TW, F): the gradient of winograd_output's M, as
-    (16, n*TH*TW, F), with its fourth row and column negated (_SIGNS restores them)."""
+def _output2_adjoint(dy: np.ndarray) -> np.ndarray:
+    """dM = A dY A^T of each 2x2 block of dy (n, 2TH, 2TW, F): the gradient of _output2's M, as
+    (16, n*TH*TW, F), with its fourth row and column negated (F2x2.signs restores them)."""
     n, H, W, F = dy.shape
     TH, TW = H // 2, W // 2
     e, o = split_columns(dy, ((0, 0), (0, 0)), TW)
@@ -153,54 +157,71 @@ def winograd_output_adjoint(dy: np.ndarray) -> np.ndarray:
     return dM.reshape(16, n * TH * TW, F)
 
 
-def conv_forward_winograd_nhwc(x: np.ndarray, W: np.ndarray, pads, out_hw, keep: bool):
-    """conv_forward_nhwc for a 3x3, stride-1 conv with even output sides, by Winograd F(2x2, 3x3).
-    x: the unpadded input, (N, H, W, C), padded by pads on the way into the transform.
+class F2x2:
+    """Winograd F(2x2, 3x3): 4x4 input tiles at stride 2, 16 products, 2.25 times fewer multiply-adds than
+    im2col. B^T = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]], A^T = [[1,1,1,0],[0,1,-1,-1]]."""
 
-    16 products of (tiles, C) by (C, F) instead of one of (pixels, 9C) by (9C, F): 2.25 times
-    fewer multiply-adds, and transforms of the input (six adds per value) and output in place of
-    im2col's nine-fold copy, a few images at a time so the transformed tiles stay in cache.
-    Returns y (N*OH*OW, F) and, when keep, the transformed input blocks (winograd_backward's).
+    m = 2
+    G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+    # the adjoint dM is built with its fourth row and column negated (no negation passes); the products
+    # that read it take these signs back, on their small (C, F) operands
+    signs = np.outer([1, 1, 1, -1], [1, 1, 1, -1]).reshape(16, 1, 1)
+    input, input_adjoint = staticmethod(_input2), staticmethod(_input2_adjoint)
+    output, output_adjoint = staticmethod(_output2), staticmethod(_output2_adjoint)
+
+
+def conv_forward_winograd_nhwc(x: np.ndarray, W: np.ndarray, pads, out_hw, keep: bool, scheme=F2x2):
+    """conv_forward_nhwc for a 3x3, stride-1 conv by Winograd F(m x m, 3x3), output sides multiples of m.
+    x: the unpadded input, (N, H, W, C), padded by pads on the way into the transform; scheme: F2x2
+    or winograd_f4.F4x4 (its transforms, G and m).
+
+    (m+2)^2 products of (tiles, C) by (C, F) instead of one of (pixels, 9C) by (9C, F), and transforms
+    of the input and output in place of im2col's nine-fold copy, a few images at a time so the
+    transformed tiles stay in cache. Returns y (N*OH*OW, F) and, when keep, the transformed input
+    blocks (winograd_backward's).
     """
     N, _, _, C = x.shape
     OH, OW = out_hw
-    tiles = (OH // 2, OW // 2)
-    U = winograd_weights(W, C)
-    step = max(1, WINOGRAD_CHUNK_BYTES // (16 * tiles[0] * tiles[1] * C * x.itemsize))
+    tiles = (OH // scheme.m, OW // scheme.m)
+    U = winograd_weights(W, C, scheme.G)
+    step = max(1, WINOGRAD_CHUNK_BYTES // (len(U) * tiles[0] * tiles[1] * C * x.itemsize))
     y = np.empty((N * OH * OW, W.shape[1]), dtype=np.result_type(x, W))
     blocks = []
     for start in range(0, N, step):
-        V = winograd_input(x[start : start + step], pads, tiles)
+        V = scheme.input(x[start : start + step], pads, tiles)
         n = V.shape[1] // (tiles[0] * tiles[1])
-        winograd_output(np.matmul(V, U), n, tiles, y[start * OH * OW : (start + n) * OH * OW])
+        scheme.output(np.matmul(V, U), n, tiles, y[start * OH * OW : (start + n) * OH * OW])
         if keep:
             blocks.append(V)
     return y, blocks
 
 
-def winograd_backward(blocks, dym: np.ndarray, W: np.ndarray, pads, in_shape, out_hw, input_grad: bool):
+def winograd_backward(blocks, dym: np.ndarray, W: np.ndarray, pads, in_shape, out_hw, input_grad: bool,
+                      scheme=F2x2):
     """The weight gradient (9*C, F) of conv_forward_winograd_nhwc and, with input_grad, its input
     gradient (N, H, W, C) (else None), block by block of the forward's images.
 
     dM = A dY A^T; dU = V^T dM per tile position, summed over the blocks, then dW = G^T dU G;
-    dV = dM U^T, folded back onto the input by winograd_input_adjoint. dM is made once for both.
+    dV = dM U^T, folded back onto the input by the input transform's adjoint. dM is made once for both.
     """
     N, _, _, C = in_shape
     OH, OW = out_hw
-    tiles = (OH // 2, OW // 2)
+    tiles = (OH // scheme.m, OW // scheme.m)
     F = dym.shape[1]
-    Ut = (winograd_weights(W, C) * _SIGNS.astype(W.dtype)).transpose(0, 2, 1) if input_grad else None
+    signs = np.ones((1, 1, 1)) if scheme.signs is None else scheme.signs
+    Ut = (winograd_weights(W, C, scheme.G) * signs.astype(W.dtype)).transpose(0, 2, 1) if input_grad else None
     dx = np.empty(in_shape, dtype=dym.dtype) if input_grad else None
     dU, start = None, 0
     for V in blocks:
         n = V.shape[1] // (tiles[0] * tiles[1])
-        dM = winograd_output_adjoint(dym[start * OH * OW : (start + n) * OH * OW].reshape(n, OH, OW, F))
+        dM = scheme.output_adjoint(dym[start * OH * OW : (start + n) * OH * OW].reshape(n, OH, OW, F))
         part = np.matmul(V.transpose(0, 2, 1), dM)
         dU = part if dU is None else dU + part
         if input_grad:
-            winograd_input_adjoint(np.matmul(dM, Ut), tiles, pads, dx[start : start + n])
+            scheme.input_adjoint(np.matmul(dM, Ut), tiles, pads, dx[start : start + n])
         start += n
-    dU *= _SIGNS.astype(dU.dtype)
-    G = WINOGRAD_G.astype(dym.dtype)
-    rows = (G.T @ dU.reshape(4, -1)).reshape(3, 4, -1)
+    if scheme.signs is not None:
+        dU *= scheme.signs.astype(dU.dtype)
+    G = scheme.G.astype(dym.dtype)
+    rows = (G.T @ dU.reshape(len(G), -1)).reshape(3, len(G), -1)
     return (G.T @ rows).reshape(9 * C, F), dx

@@ -244,31 +244,27 @@ def test_new_output_and_new_grad_hold_their_promise(name):
             assert not any(np.shares_memory(dx, a) for a in held + [dy, y]), f"{name}{kwargs}: input gradient is shared"
 
 
-def test_batchnorm_overwriting_new_arrays_changes_no_value_and_nothing_the_caller_holds(monkeypatch):
-    specs = [("batchnorm", {}), ("conv2d", {"filters": 4, "kernel_size": 3, "padding": "same", "use_bias": False}),
-             ("batchnorm", {}), ("relu", {}), ("maxpool2d", {"size": 2}), ("conv2d", {"filters": 6, "kernel_size": 3}),
-             ("batchnorm", {}), ("relu", {}), ("flatten", {}), ("dense", {"units": 8}), ("batchnorm", {}),
-             ("tanh", {}), ("dense", {"units": 5}), ("batchnorm", {})]
+def check_in_place(monkeypatch, cls, specs, want_calls):
+    """Training forward and backward of specs with cls.overwrites off, then on: the same values to the bit
+    (buffers too), the caller's x and dy untouched, and cls.forward told to overwrite where want_calls says."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((6, 2, 8, 8)).astype(np.float32)
     dy = rng.standard_normal((6, 5)).astype(np.float32)
     results = []
     for overwrites in (False, True):
-        monkeypatch.setattr(BatchNorm, "overwrites", overwrites)
+        monkeypatch.setattr(cls, "overwrites", overwrites)
         model = build_model(specs, (2, 8, 8), np.random.default_rng(1))
         x_before, dy_before = x.copy(), dy.copy()
         calls = []
-        original = BatchNorm.forward
-        monkeypatch.setattr(BatchNorm, "forward", lambda self, x, training, overwrite=False:
+        original = cls.forward
+        monkeypatch.setattr(cls, "forward", lambda self, x, training, overwrite=False:
                             calls.append(overwrite) or original(self, x, training, overwrite))
         out = model.forward(x, training=True)
         dx = model.backward(dy, input_grad=True)
-        monkeypatch.setattr(BatchNorm, "forward", original)
-        np.testing.assert_array_equal(x, x_before)  # the first batchnorm's input is the caller's
-        np.testing.assert_array_equal(dy, dy_before)  # the last batchnorm's dy is the caller's
-        # only the batchnorms after a conv or dense layer overwrite (the first and the last get arrays
-        # that are not theirs to write)
-        assert calls == ([False] * 5 if not overwrites else [False, True, True, True, True])
+        monkeypatch.setattr(cls, "forward", original)
+        np.testing.assert_array_equal(x, x_before)  # the first layer's input is the caller's
+        np.testing.assert_array_equal(dy, dy_before)  # the last layer's dy is the caller's
+        assert calls == (want_calls if overwrites else [False] * len(want_calls))
         results.append((out, dx, model.named_grads(), model.named_buffers()))
     (out0, dx0, g0, b0), (out1, dx1, g1, b1) = results
     np.testing.assert_array_equal(out1, out0)
@@ -277,3 +273,24 @@ def test_batchnorm_overwriting_new_arrays_changes_no_value_and_nothing_the_calle
         np.testing.assert_array_equal(g1[key], g0[key], err_msg=key)
     for key in b0:
         np.testing.assert_array_equal(b1[key], b0[key], err_msg=key)
+
+
+def test_batchnorm_overwriting_new_arrays_changes_no_value_and_nothing_the_caller_holds(monkeypatch):
+    specs = [("batchnorm", {}), ("conv2d", {"filters": 4, "kernel_size": 3, "padding": "same", "use_bias": False}),
+             ("batchnorm", {}), ("relu", {}), ("maxpool2d", {"size": 2}), ("conv2d", {"filters": 6, "kernel_size": 3}),
+             ("batchnorm", {}), ("relu", {}), ("flatten", {}), ("dense", {"units": 8}), ("batchnorm", {}),
+             ("tanh", {}), ("dense", {"units": 5}), ("batchnorm", {})]
+    # only the batchnorms after a conv or dense layer overwrite (the first and the last get arrays
+    # that are not theirs to write)
+    check_in_place(monkeypatch, BatchNorm, specs, [False, True, True, True, True])
+
+
+def test_relu_in_place_on_new_arrays_changes_no_value_and_nothing_the_caller_holds(monkeypatch):
+    from cnntrain.layers.activations import ReLU
+
+    conv = ("conv2d", {"filters": 4, "kernel_size": 3, "padding": "same"})
+    specs = [("relu", {}), conv, ("relu", {}), conv, ("batchnorm", {}), ("relu", {}), conv, ("relu", {}),
+             ("maxpool2d", {"size": 2}), ("relu", {}), ("flatten", {}), ("dense", {"units": 5}), ("relu", {})]
+    # in place after a conv, the batchnorm and the dense layer; not on the caller's input, nor where
+    # Sequential runs a ReLU on a max pool's output (which the pool keeps), nor on another ReLU's
+    check_in_place(monkeypatch, ReLU, specs, [False, True, True, False, False, True])

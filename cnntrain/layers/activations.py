@@ -39,6 +39,22 @@ class ReLU(Elementwise):
     """max(x, 0); the derivative at 0 is taken as 0."""
 
     commutes_with_max = True  # see Sequential.forward
+    # In place on arrays nobody else holds (a conv's or batchnorm's new output, the gradient of the layer
+    # above): no new array of the activations' size, forward or backward. Its mask x > 0 is then read
+    # from the output, the same test (max(x, 0) > 0 exactly where x > 0).
+    overwrites = True
+
+    def forward(self, x, training, overwrite=False):
+        if not overwrite:
+            return super().forward(x, training)
+        np.maximum(x, 0, out=x)
+        if training:
+            self._cache = (x, x)
+        return x
+
+    def backward(self, dy, overwrite=False):
+        x, y = self._pop_cache()
+        return np.multiply(dy, self.df(x, y), out=dy if overwrite else None)
 
     def f(self, x):
         return np.maximum(x, 0)

@@ -122,35 +122,33 @@ def _fold6(dv, parts, T: int, axis: int) -> None:
     the four phases of padded positions 4k + r (parts[r], T + 1 along axis): position 4k gets tile
     k's first value and tile k-1's fifth, 4k + 1 tile k's second and tile k-1's sixth.
 
-    B's rows: dd0 = 4 v0, dd1 = 4 (v5 - b) - 2 d, dd2 = -(5 v0 + 4 a + c), dd3 = b + 2 d - 5 v5,
-    dd4 = v0 + a + c, dd5 = v5, with a, b = v1 +- v2 and c, d = v3 +- v4.
+    B's rows: dd0 = 4 v0, dd1 = 4 (v5 - b) - 2 d, dd2 = -4 t - (v0 + c), dd3 = b + 2 d - 5 v5,
+    dd4 = t + c, dd5 = v5, with a, b = v1 +- v2, c, d = v3 +- v4 and t = v0 + a: 19 calls.
     """
     def at(arr, index):
         return _at(arr, axis, index)
 
     v0, v1, v2, v3, v4, v5 = dv
     p0, p1, p2, p3 = parts
-    first, rest, last, head = 0, slice(1, T), T, slice(0, T)
-    a, b = v1 + v2, v1 - v2
+    rest, last, head = slice(1, T), T, slice(0, T)
+    t, b = v1 + v2, v1 - v2
     c, d = v3 + v4, v3 - v4
-    dd4 = a + c
-    dd4 += v0
+    t += v0
+    dd4 = t + c
     np.multiply(v0, 4, out=at(p0, head))  # p0[k] = dd0[k] + dd4[k-1]
     at(p0, rest)[...] += at(dd4, slice(0, T - 1))
     at(p0, last)[...] = at(dd4, T - 1)
+    c += v0
+    t *= -4
+    np.subtract(t, c, out=at(p2, head))  # p2[k] = dd2[k]
+    at(p2, last)[...] = 0
     d *= 2
     dd1 = np.subtract(v5, b)
     dd1 *= 4
     np.subtract(dd1, d, out=at(p1, head))  # p1[k] = dd1[k] + dd5[k-1]
     at(p1, rest)[...] += at(v5, slice(0, T - 1))
     at(p1, last)[...] = at(v5, T - 1)
-    np.multiply(a, 4, out=a)
-    a += c
-    np.multiply(v0, 5, out=c)
-    a += c
-    np.negative(a, out=at(p2, head))
-    at(p2, last)[...] = 0
-    np.add(b, d, out=at(p3, head))
+    np.add(b, d, out=at(p3, head))  # p3[k] = dd3[k]
     np.multiply(v5, 5, out=c)
     at(p3, head)[...] -= c
     at(p3, last)[...] = 0

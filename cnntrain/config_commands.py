@@ -69,11 +69,15 @@ def schedule(config, overrides, as_csv, out):
 @click.command()
 @config_and_overrides
 @click.option("--batch-size", type=click.IntRange(min=1), help="Images per step (default: the config's).")
-@click.option("--steps", type=click.IntRange(min=1), default=50, show_default=True, help="Timed steps.")
+@click.option("--steps", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Timed training steps, at least (see --seconds).")
+@click.option("--seconds", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Keep timing training steps until this long has passed, so that a short burst of other "
+                   "work on the machine weighs as little as in a real epoch.")
 @click.option("--profile/--no-profile", default=True, show_default=True,
               help="Also time each layer, in separate instrumented steps.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def bench(config, overrides, batch_size, steps, profile, as_json):
+def bench(config, overrides, batch_size, steps, seconds, profile, as_json):
     """Time training steps and inference of CONFIG's network on its training images (random ones if not on disk).
 
     Prints images/s as a real epoch counts them (the same step, preprocessing included),
@@ -85,7 +89,7 @@ def bench(config, overrides, batch_size, steps, profile, as_json):
     from .build import load_experiment
     from .report import bench_lines
 
-    r = benchmark(load_experiment(config, overrides), batch_size, steps, profile=profile)
+    r = benchmark(load_experiment(config, overrides), batch_size, steps, profile=profile, min_seconds=seconds)
     if as_json:
         click.echo(json.dumps(r))
         return

@@ -297,9 +297,11 @@ def test_bench_times_the_configs_own_training_images_when_they_are_on_disk(small
     seen = []
     real_step = bench.train_step
     monkeypatch.setattr(bench, "train_step", lambda *a, **k: seen.append(a[3][0].tobytes()) or real_step(*a, **k))
-    result = invoke("bench", small_config, "--steps", "10", "--batch-size", "8", "--no-profile", "--json")
+    result = invoke("bench", small_config, "--steps", "10", "--seconds", "0", "--batch-size", "8", "--no-profile",
+                    "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["data"] == "mnist training images"
+    assert json.loads(result.output)["steps"] == 10
     firsts = [image.tobytes() for image in ds.train_x[: 8 * bench.BATCHES : 8]]
     assert seen == [firsts[i % bench.BATCHES] for i in range(15)]  # 5 warm-up and 10 timed steps, cycling
 
@@ -346,3 +348,23 @@ def test_bench_steps_the_batch_it_is_given_over_the_processes_a_run_would_use(sm
     assert set(chunks) == {64} and r["workers"] == 2 and r["blas_threads"] >= 1
     result = invoke("bench", small_config, "--steps", "2", "--batch-size", "16", "--no-profile", "--json")
     assert json.loads(result.output)["workers"] == 1, "auto: 16 x 72,128 multiply-adds are too few to split"
+
+
+def test_bench_times_steps_until_its_minimum_duration_has_passed():
+    from cnntrain.bench import _timed_steps
+
+    calls = []
+
+    def step():
+        calls.append(None)
+        time.sleep(0.005)
+
+    per_step, done = _timed_steps(step, 2, 0.0)
+    assert done == len(calls) == 2 and per_step >= 0.005  # no minimum: exactly the steps asked for
+    calls.clear()
+    per_step, done = _timed_steps(step, 2, 0.1)
+    assert done == len(calls) and 0.1 / 0.005 / 2 <= done <= 0.1 / 0.005 + 1  # ran on for the 0.1 s
+    assert 0.005 <= per_step < 0.1 / 2
+    calls.clear()
+    per_step, done = _timed_steps(step, 40, 0.05)
+    assert done == 40  # the steps asked for took longer than the minimum

@@ -7,8 +7,10 @@ Not part of the test suite. PyTorch lives in a separate venv (never a dependency
 For every network and round, one fresh process per framework times training steps (batch 64,
 Adam or the config's AdamW, float32) and inference (batch 1000) on the same batches, read from
 a shared .npy file (real MNIST, or generated 3x32x32 images for the CIFAR-10 network); data
-loading is excluded for both. The order of the frameworks alternates between rounds, and the
-table reports each median and the cnntrain / PyTorch ratio. Both get the same thread count.
+loading is excluded for both. The order of the frameworks alternates between rounds, each
+round goes through every network in turn (a busy minute on a shared machine then costs each
+network one round, not one network all of them; progress goes to stderr), and the table
+reports each median and the cnntrain / PyTorch ratio. Both get the same thread count.
 A third process per round times only the step's matrix products at their shapes (gemm_floor.py),
 split over one-thread workers as cnntrain splits its steps: the speed a NumPy im2col + sgemm
 step could reach if everything else in it were free.
@@ -249,16 +251,25 @@ def main() -> None:
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |", flush=True)
     pythons = {"cnntrain": sys.executable, "torch": args.torch_python, "gemm": sys.executable}
     orders = [["cnntrain", "torch", "gemm"], ["torch", "gemm", "cnntrain"], ["gemm", "cnntrain", "torch"]]
+    names = args.networks.split(",")
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.networks.split(","):
-            spec = network_spec(name)
-            data = Path(tmp) / f"{name}.npz"
-            write_data(data, spec["input_shape"])
-            results = {fw: [] for fw in pythons}
-            for r in range(args.rounds):
+        specs, data = {}, {}
+        for name in names:
+            specs[name], data[name] = network_spec(name), Path(tmp) / f"{name}.npz"
+            write_data(data[name], specs[name]["input_shape"])
+        results = {name: {fw: [] for fw in pythons} for name in names}
+        # rounds outermost: each network's rounds are spread over the whole run, so a busy minute on a
+        # shared machine costs every network one round rather than one network all of its rounds
+        for r in range(args.rounds):
+            for name in names:
                 for fw in orders[r % len(orders)]:
-                    results[fw].append(spawn(pythons[fw], fw, spec, data, args))
-            med = {(fw, m): statistics.median(x[m] for x in results[fw]) for fw in pythons for m in ("train", "infer")}
+                    results[name][fw].append(spawn(pythons[fw], fw, specs[name], data[name], args))
+                train = {fw: results[name][fw][-1]["train"] for fw in ("cnntrain", "torch")}
+                print(f"round {r + 1}/{args.rounds} {name}: training {train['cnntrain'] / train['torch']:.2f}x",
+                      file=sys.stderr, flush=True)
+        for name in names:
+            med = {(fw, m): statistics.median(x[m] for x in results[name][fw]) for fw in pythons
+                   for m in ("train", "infer")}
             print(f"| {name} | {med['cnntrain', 'train']:,.0f} | {med['torch', 'train']:,.0f} | "
                   f"{med['cnntrain', 'train'] / med['torch', 'train']:.2f}x | {med['gemm', 'train']:,.0f} | "
                   f"{med['gemm', 'train'] / med['torch', 'train']:.2f}x | {med['cnntrain', 'infer']:,.0f} | "

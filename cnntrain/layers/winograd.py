@@ -1,7 +1,9 @@
-"""Winograd F(2x2, 3x3) convolution (Lavin and Gray, 2016) on channels-last memory: forward, weight and
-input gradients of 3x3 stride-1 convs, for layers/conv.py (which decides when: winograd_fits).
+"""Winograd convolution (Lavin and Gray, 2016) on channels-last memory: forward, weight and input
+gradients of 3x3 stride-1 convs, for layers/conv.py (which decides when: winograd_fits, and which
+scheme: winograd_scheme). This module holds the driver (blocks of images, the products) and the
+F(2x2, 3x3) scheme; winograd_f4.py holds F(4x4, 3x3).
 
-Each 2x2 block of outputs comes from a 4x4 input tile at stride 2,
+F(2x2, 3x3): each 2x2 block of outputs comes from a 4x4 input tile at stride 2,
 Y = A^T [(G g G^T) * (B^T d B)] A, summed over channels: 16 products of (tiles, C) by (C, F)
 instead of im2col's one of (pixels, 9C) by (9C, F), 2.25 times fewer multiply-adds.
 B^T = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]] and A^T = [[1,1,1,0],[0,1,-1,-1]] are applied as
@@ -11,8 +13,10 @@ input tiles (B dV B^T), for the input.
 
 Memory layout: neighbouring columns of a channels-last image are C values apart, so a transform
 between columns, done directly, would run NumPy's inner loop over only C values at a time. The
-columns are split instead into even and odd ones (one copy that moves whole C-value runs, as
-items of a void dtype), after which every add runs over whole rows of tiles.
+columns are split instead into phases, even and odd ones here (one copy that moves whole C-value
+runs, as items of a void dtype), after which every add runs over whole rows of tiles, and each
+stage runs over all tile columns (or rows) at once: NumPy's per-call cost is then paid a few
+times per block, not per tile position.
 reference.conv2d_forward / conv2d_backward are the loops all of this is tested against.
 """
 
@@ -86,13 +90,17 @@ def _input2(x: np.ndarray, pads, tiles_hw) -> np.ndarray:
     TH, TW = tiles_hw
     e, o = split_columns(x, pads, TW + 1)
     e0, e1, o0, o1 = e[:, :, :TW], e[:, :, 1:], o[:, :, :TW], o[:, :, 1:]
-    V = np.empty((4, 4, n, TH, TW, C), dtype=x.dtype)
-    for j, u in enumerate((e0 - e1, o0 + e1, e1 - o0, o0 - o1)):  # then along rows, at stride 2
-        d0, d1, d2, d3 = (u[:, k : k + 2 * TH : 2] for k in range(4))
-        np.subtract(d0, d2, out=V[0, j])
-        np.add(d1, d2, out=V[1, j])
-        np.subtract(d2, d1, out=V[2, j])
-        np.subtract(d1, d3, out=V[3, j])
+    cols = np.empty((4, n, 2 * TH + 2, TW, C), dtype=x.dtype)
+    np.subtract(e0, e1, out=cols[0])
+    np.add(o0, e1, out=cols[1])
+    np.subtract(e1, o0, out=cols[2])
+    np.subtract(o0, o1, out=cols[3])
+    d0, d1, d2, d3 = (cols[:, :, k : k + 2 * TH : 2] for k in range(4))  # then along rows, at stride 2,
+    V = np.empty((4, 4, n, TH, TW, C), dtype=x.dtype)  # for every tile column at once
+    np.subtract(d0, d2, out=V[0])
+    np.add(d1, d2, out=V[1])
+    np.subtract(d2, d1, out=V[2])
+    np.subtract(d1, d3, out=V[3])
     return V.reshape(16, n * TH * TW, C)
 
 
@@ -113,12 +121,17 @@ def _input2_adjoint(dV: np.ndarray, tiles_hw, pads, out: np.ndarray) -> None:
     merge_columns(halves, pads, out)
 
 
+def _at(a: np.ndarray, axis: int, index) -> np.ndarray:
+    """a[..., index, ...] with index on `axis`."""
+    return a[(slice(None),) * axis + (index,)]
+
+
 def _fold_tiles(d, even, odd, T: int, axis: int) -> None:
     """B applied to the four tile rows d[0..3] (tiles along `axis` of each), summed where tiles overlap:
     even[k] = d0[k] + (d1 + d2 - d0)[k-1], odd[k] = (d1 - d2 + d3)[k] - d3[k-1], for k = 0..T.
     Three adds per output row, the fewest two-operand ufuncs can do it in."""
     def at(a, k):
-        return a[(slice(None),) * axis + (k,)]
+        return _at(a, axis, k)
 
     d0, d1, d2, d3 = d
     s = d1 + d2

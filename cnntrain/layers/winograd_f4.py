@@ -16,11 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .winograd import merge_columns, split_columns
-
-
-def _at(a, axis: int, index):
-    return a[(slice(None),) * axis + (index,)]
+from .winograd import _at, merge_columns, split_columns
 
 
 def _bt6(d, out) -> None:

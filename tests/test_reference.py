@@ -278,6 +278,16 @@ def test_winograd_first_layer_makes_only_the_weight_gradient(monkeypatch):
     assert seen == [False]  # no input gradient asked of the kernel
 
 
+@pytest.mark.parametrize("padding,dx_method", [("same", "flipped"), ("valid", "offsets")])
+def test_winograd_forward_with_another_input_gradient_matches_reference(padding, dx_method):
+    from cnntrain.layers import conv
+
+    rng = np.random.default_rng(0)  # under WINOGRAD_MIN_FILTERS filters: Winograd's forward and dW, not its dx
+    layer, _ = make("conv2d", {"filters": 4, "kernel_size": 3, "padding": padding}, (32, 6, 6), rng)
+    assert (conv.forward_method(layer), conv.input_grad_method(layer)) == ("winograd", dx_method)
+    check_conv(layer, rng.standard_normal((2, 32, 6, 6)), rng, f"winograd forward, {dx_method} dx, {padding}")
+
+
 def test_winograd_takes_only_the_convs_it_computes():
     from cnntrain.layers.conv import forward_method, input_grad_method
 

@@ -61,7 +61,7 @@ WINOGRAD_MIN_FILTERS = 16
 
 
 def winograd_fits(layer) -> bool:
-    """Whether Winograd F(2x2, 3x3) computes a conv's forward (and its weight gradient): 3x3, stride 1,
+    """Whether Winograd (winograd_scheme's) computes a conv's forward and weight gradient: 3x3, stride 1,
     no dilation, even output sides and 32+ input channels. Any padding: the transform pads as it goes."""
     F, OH, OW = layer.out_shape
     if layer.kernel_size != (3, 3) or layer.stride != (1, 1) or layer.dilation != (1, 1):

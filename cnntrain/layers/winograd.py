@@ -221,12 +221,12 @@ def winograd_backward(blocks, dym: np.ndarray, W: np.ndarray, pads, in_shape, ou
     dM = A dY A^T; dU = V^T dM per tile position, summed over the blocks, then dW = G^T dU G;
     dV = dM U^T, folded back onto the input by the input transform's adjoint. dM is made once for both.
     """
-    N, _, _, C = in_shape
+    C = in_shape[3]
     OH, OW = out_hw
     tiles = (OH // scheme.m, OW // scheme.m)
     F = dym.shape[1]
-    signs = np.ones((1, 1, 1)) if scheme.signs is None else scheme.signs
-    Ut = (winograd_weights(W, C, scheme.G) * signs.astype(W.dtype)).transpose(0, 2, 1) if input_grad else None
+    signs = scheme.signs.astype(dym.dtype)  # of the tile positions whose dM the adjoint built negated
+    Ut = (winograd_weights(W, C, scheme.G) * signs).transpose(0, 2, 1) if input_grad else None
     dx = np.empty(in_shape, dtype=dym.dtype) if input_grad else None
     dU, start = None, 0
     for V in blocks:
@@ -237,8 +237,7 @@ def winograd_backward(blocks, dym: np.ndarray, W: np.ndarray, pads, in_shape, ou
         if input_grad:
             scheme.input_adjoint(np.matmul(dM, Ut), tiles, pads, dx[start : start + n])
         start += n
-    if scheme.signs is not None:
-        dU *= scheme.signs.astype(dU.dtype)
+    dU *= signs
     G = scheme.G.astype(dym.dtype)
     rows = (G.T @ dU.reshape(len(G), -1)).reshape(3, len(G), -1)
     return (G.T @ rows).reshape(9 * C, F), dx

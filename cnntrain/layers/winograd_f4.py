@@ -169,6 +169,6 @@ class F4x4:
     m = 4
     G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
                   [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
-    signs = None
+    signs = np.ones((36, 1, 1))  # its adjoint builds dM as it is
     input, input_adjoint = staticmethod(_input4), staticmethod(_input4_adjoint)
     output, output_adjoint = staticmethod(_output4), staticmethod(_output4_adjoint)

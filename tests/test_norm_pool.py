@@ -239,6 +239,10 @@ def test_batchnorm_buffers_follow_the_model_dtype_and_options_are_checked():
 
 @pytest.mark.parametrize("specs,in_shape", [
     ([("conv2d", {"filters": 4, "kernel_size": 3, "padding": "same"}), ("batchnorm", {}), ("relu", {})], (3, 7, 6)),
+    # Winograd convs (32 channels): F(4x4, 3x3) at 8x8, F(2x2, 3x3) at 6x6
+    ([("conv2d", {"filters": 16, "kernel_size": 3, "padding": "same"}), ("batchnorm", {}), ("relu", {})], (32, 8, 8)),
+    ([("conv2d", {"filters": 16, "kernel_size": 3, "padding": "same", "use_bias": False}), ("batchnorm", {})],
+     (32, 6, 6)),
     ([("conv2d", {"filters": 5, "kernel_size": 3, "stride": 2, "use_bias": False}), ("batchnorm", {}),
       ("tanh", {}), ("relu", {})], (2, 9, 9)),
     ([("flatten", {}), ("dense", {"units": 5}), ("batchnorm", {}), ("relu", {}),

@@ -260,6 +260,8 @@ def test_winograd_conv_matches_reference(monkeypatch, C, H, W, F, padding, chunk
     tiles = (1 if chunk_bytes == 1 else 3) * (OH // m) * (OW // m)
     assert [b.shape for b in blocks] == [((m + 2) ** 2, tiles, C)] * len(blocks)
     check_conv(layer, x, rng, f"winograd conv2d x{x.shape} F={F} padding {padding}")
+    y_ref = ref.conv2d_forward(x, layer.params["W"], layer.params.get("b"), layer.stride, layer.pads, layer.dilation)
+    assert_close(layer.forward(x, training=False), y_ref, f"winograd conv2d x{x.shape} y in evaluation")
 
 
 def test_winograd_first_layer_makes_only_the_weight_gradient(monkeypatch):

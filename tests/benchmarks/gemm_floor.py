@@ -2,7 +2,8 @@
 
 Not part of the test suite. A convolution trained the im2col way costs three GEMMs per step
 (forward, weight gradient, input gradient; the first layer needs no input gradient) and a dense
-layer three more; a Winograd convolution 16 smaller ones for each, a banded one two wider ones
+layer three more; a Winograd convolution 16 or 36 smaller ones for each (F(2x2, 3x3) or F(4x4, 3x3)),
+a banded one two wider ones
 (layers/conv.py chooses, per layer, as a training step does). This times exactly those products,
 np.matmul at the network's shapes (batch 64, float32, the BLAS threads of the environment; a
 convolution's in the cache-sized blocks of a few images that cnntrain multiplies, faster than
@@ -34,7 +35,7 @@ def gemm_shapes(spec: dict, batch: int, training: bool = True) -> list[tuple[str
     from cnntrain.build import build_model
     from cnntrain.layers.channels_last import BAND, CHUNK_BYTES
     from cnntrain.layers.winograd import WINOGRAD_CHUNK_BYTES
-    from cnntrain.layers.conv import forward_method, input_grad_method
+    from cnntrain.layers.conv import forward_method, input_grad_method, winograd_scheme
 
     def chunks(per_image: int, budget: int) -> list[int]:
         """Images per product, as the kernels take them: a few at a time, by bytes per image."""
@@ -50,11 +51,12 @@ def gemm_shapes(spec: dict, batch: int, training: bool = True) -> list[tuple[str
             OH, OW = layer.out_shape[1:]
             (KH, KW), K = layer.kernel_size, C * layer.kernel_size[0] * layer.kernel_size[1]
             method = forward_method(layer)
-            if method == "winograd":  # 16 products per block of images, each (tiles, C) @ (C, F)
-                tiles = OH * OW // 4
-                for n in chunks(16 * tiles * C * 4, WINOGRAD_CHUNK_BYTES):
-                    shapes += [(f"{kind} forward", n * tiles, C, F)] * 16
-                    shapes += [(f"{kind} dW", C, n * tiles, F)] * 16 if training else []
+            if method == "winograd":  # (m+2)^2 products per block of images, each (tiles, C) @ (C, F)
+                m = winograd_scheme(layer).m
+                tiles, positions = OH * OW // (m * m), (m + 2) ** 2
+                for n in chunks(positions * tiles * C * 4, WINOGRAD_CHUNK_BYTES):
+                    shapes += [(f"{kind} forward", n * tiles, C, F)] * positions
+                    shapes += [(f"{kind} dW", C, n * tiles, F)] * positions if training else []
             elif method == "banded":  # rows of 4 outputs by (KH*(4+KW-1)*C, 4F)
                 rows, width = OH * (OW + -OW % BAND) // BAND, KH * (BAND + KW - 1) * C
                 for n in chunks(rows * width * 4, CHUNK_BYTES):
@@ -66,9 +68,8 @@ def gemm_shapes(spec: dict, batch: int, training: bool = True) -> list[tuple[str
                     shapes += [(f"{kind} dW", K, n * OH * OW, F)] if training else []
             if training and not first:
                 if input_grad_method(layer) == "winograd":  # dM U^T per tile position, the forward's blocks
-                    tiles = OH * OW // 4
-                    for n in chunks(16 * tiles * C * 4, WINOGRAD_CHUNK_BYTES):
-                        shapes += [(f"{kind} dx", n * tiles, F, C)] * 16
+                    for n in chunks(positions * tiles * C * 4, WINOGRAD_CHUNK_BYTES):
+                        shapes += [(f"{kind} dx", n * tiles, F, C)] * positions
                 else:
                     for n in chunks(OH * OW * K * 4, CHUNK_BYTES):
                         shapes += [(f"{kind} dx", n * OH * OW, F, K)]

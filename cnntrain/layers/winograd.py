@@ -114,36 +114,28 @@ def _input2_adjoint(dV: np.ndarray, tiles_hw, pads, out: np.ndarray) -> None:
     TH, TW = tiles_hw
     dV = dV.reshape(4, 4, n, TH, TW, C)
     rows = np.empty((4, n, TH + 1, 2, TW, C), dtype=dV.dtype)  # (column j, image, padded row, column, C)
-    _fold_tiles(dV, rows[:, :, :, 0], rows[:, :, :, 1], TH, axis=2)
+    _fold_tiles(dV, rows[:, :, :, 0], rows[:, :, :, 1], TH)
     rows = rows.reshape(4, n, 2 * TH + 2, TW, C)
     halves = np.empty((2, n, 2 * TH + 2, TW + 1, C), dtype=dV.dtype)  # even and odd padded columns
-    _fold_tiles(rows, halves[0], halves[1], TW, axis=2)
+    _fold_tiles(rows, halves[0], halves[1], TW)
     merge_columns(halves, pads, out)
 
 
-def _at(a: np.ndarray, axis: int, index) -> np.ndarray:
-    """a[..., index, ...] with index on `axis`."""
-    return a[(slice(None),) * axis + (index,)]
-
-
-def _fold_tiles(d, even, odd, T: int, axis: int) -> None:
-    """B applied to the four tile rows d[0..3] (tiles along `axis` of each), summed where tiles overlap:
+def _fold_tiles(d, even, odd, T: int) -> None:
+    """B applied to the four tile rows d[0..3] (tiles along axis 2 of each), summed where tiles overlap:
     even[k] = d0[k] + (d1 + d2 - d0)[k-1], odd[k] = (d1 - d2 + d3)[k] - d3[k-1], for k = 0..T.
     Three adds per output row, the fewest two-operand ufuncs can do it in."""
-    def at(a, k):
-        return _at(a, axis, k)
-
     d0, d1, d2, d3 = d
     s = d1 + d2
     s -= d0
-    at(even, 0)[...] = at(d0, 0)
-    np.add(at(d0, slice(1, None)), at(s, slice(0, T - 1)), out=at(even, slice(1, T)))
-    at(even, T)[...] = at(s, T - 1)
+    even[:, :, 0] = d0[:, :, 0]
+    np.add(d0[:, :, 1:], s[:, :, : T - 1], out=even[:, :, 1:T])
+    even[:, :, T] = s[:, :, T - 1]
     np.subtract(d1, d2, out=s)
     s += d3
-    np.subtract(at(s, slice(1, None)), at(d3, slice(0, T - 1)), out=at(odd, slice(1, T)))
-    at(odd, 0)[...] = at(s, 0)
-    np.negative(at(d3, T - 1), out=at(odd, T))
+    np.subtract(s[:, :, 1:], d3[:, :, : T - 1], out=odd[:, :, 1:T])
+    odd[:, :, 0] = s[:, :, 0]
+    np.negative(d3[:, :, T - 1], out=odd[:, :, T])
 
 
 def _output2(M: np.ndarray, n: int, tiles_hw, out: np.ndarray) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .winograd import _at, merge_columns, split_columns
+from .winograd import merge_columns, split_columns
 
 
 def _bt6(d, out) -> None:
@@ -113,41 +113,37 @@ def _output4_adjoint(dy: np.ndarray) -> np.ndarray:
     return dM.reshape(36, n * TH * TW, F)
 
 
-def _fold6(dv, parts, T: int, axis: int) -> None:
-    """B along one axis of six tile arrays dv (tiles along `axis`), summed where the tiles overlap into
-    the four phases of padded positions 4k + r (parts[r], T + 1 along axis): position 4k gets tile
+def _fold6(dv, parts, T: int) -> None:
+    """B along one axis of six tile arrays dv (tiles along axis 2), summed where the tiles overlap into
+    the four phases of padded positions 4k + r (parts[r], T + 1 along axis 2): position 4k gets tile
     k's first value and tile k-1's fifth, 4k + 1 tile k's second and tile k-1's sixth.
 
     B's rows: dd0 = 4 v0, dd1 = 4 (v5 - b) - 2 d, dd2 = -4 t - (v0 + c), dd3 = b + 2 d - 5 v5,
     dd4 = t + c, dd5 = v5, with a, b = v1 +- v2, c, d = v3 +- v4 and t = v0 + a: 19 calls.
     """
-    def at(arr, index):
-        return _at(arr, axis, index)
-
     v0, v1, v2, v3, v4, v5 = dv
     p0, p1, p2, p3 = parts
-    rest, last, head = slice(1, T), T, slice(0, T)
     t, b = v1 + v2, v1 - v2
     c, d = v3 + v4, v3 - v4
     t += v0
     dd4 = t + c
-    np.multiply(v0, 4, out=at(p0, head))  # p0[k] = dd0[k] + dd4[k-1]
-    at(p0, rest)[...] += at(dd4, slice(0, T - 1))
-    at(p0, last)[...] = at(dd4, T - 1)
+    np.multiply(v0, 4, out=p0[:, :, :T])  # p0[k] = dd0[k] + dd4[k-1]
+    p0[:, :, 1:T] += dd4[:, :, : T - 1]
+    p0[:, :, T] = dd4[:, :, T - 1]
     c += v0
     t *= -4
-    np.subtract(t, c, out=at(p2, head))  # p2[k] = dd2[k]
-    at(p2, last)[...] = 0
+    np.subtract(t, c, out=p2[:, :, :T])  # p2[k] = dd2[k]
+    p2[:, :, T] = 0
     d *= 2
     dd1 = np.subtract(v5, b)
     dd1 *= 4
-    np.subtract(dd1, d, out=at(p1, head))  # p1[k] = dd1[k] + dd5[k-1]
-    at(p1, rest)[...] += at(v5, slice(0, T - 1))
-    at(p1, last)[...] = at(v5, T - 1)
-    np.add(b, d, out=at(p3, head))  # p3[k] = dd3[k]
+    np.subtract(dd1, d, out=p1[:, :, :T])  # p1[k] = dd1[k] + dd5[k-1]
+    p1[:, :, 1:T] += v5[:, :, : T - 1]
+    p1[:, :, T] = v5[:, :, T - 1]
+    np.add(b, d, out=p3[:, :, :T])  # p3[k] = dd3[k]
     np.multiply(v5, 5, out=c)
-    at(p3, head)[...] -= c
-    at(p3, last)[...] = 0
+    p3[:, :, :T] -= c
+    p3[:, :, T] = 0
 
 
 def _input4_adjoint(dV: np.ndarray, tiles_hw, pads, out: np.ndarray) -> None:
@@ -156,10 +152,10 @@ def _input4_adjoint(dV: np.ndarray, tiles_hw, pads, out: np.ndarray) -> None:
     TH, TW = tiles_hw
     dV = dV.reshape(6, 6, n, TH, TW, C)
     rows = np.empty((6, n, TH + 1, 4, TW, C), dtype=dV.dtype)  # (column j, image, padded row 4k + r, ...)
-    _fold6(dV, [rows[:, :, :, r] for r in range(4)], TH, axis=2)
+    _fold6(dV, [rows[:, :, :, r] for r in range(4)], TH)
     rows = rows.reshape(6, n, 4 * TH + 4, TW, C)[:, :, : 4 * TH + 2]
     parts = np.empty((4, n, 4 * TH + 2, TW + 1, C), dtype=dV.dtype)  # the four phases of padded columns
-    _fold6(rows, list(parts), TW, axis=2)
+    _fold6(rows, list(parts), TW)
     merge_columns(parts, pads, out)
 
 

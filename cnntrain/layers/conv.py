@@ -9,8 +9,7 @@ from ..registry import LAYERS
 from .channels_last import (FEW_CHANNELS, banded_weight_grad, column_sums, conv_forward_banded_nhwc,
                              conv_forward_nhwc, conv_input_grad_flipped_nhwc, conv_input_grad_nhwc,
                              conv_input_grad_shifts_nhwc, nchw, nhwc, pad_nhwc)
-from .winograd import F2x2, conv_forward_winograd_nhwc, winograd_backward
-from .winograd_f4 import F4x4
+from .winograd import F2x2, F4x4, conv_forward_winograd_nhwc, winograd_backward
 from .geometry import out_size, resolve_padding
 from .base import Layer, check_shape, pair
 
@@ -70,7 +69,7 @@ def winograd_fits(layer) -> bool:
 
 
 def winograd_scheme(layer):
-    """F(4x4, 3x3) (winograd_f4.F4x4) where the output sides are multiples of 4, else F(2x2, 3x3)."""
+    """winograd.F4x4 where the output sides are multiples of 4, else winograd.F2x2."""
     _, OH, OW = layer.out_shape
     return F4x4 if OH % 4 == 0 and OW % 4 == 0 else F2x2
 

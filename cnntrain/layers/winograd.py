@@ -1,34 +1,70 @@
 """Winograd convolution (Lavin and Gray, 2016) on channels-last memory: forward, weight and input
 gradients of 3x3 stride-1 convs, for layers/conv.py (which decides when: winograd_fits, and which
-scheme: winograd_scheme). This module holds the driver (blocks of images, the products) and the
-F(2x2, 3x3) scheme; winograd_f4.py holds F(4x4, 3x3).
+scheme: winograd_scheme).
 
-F(2x2, 3x3): each 2x2 block of outputs comes from a 4x4 input tile at stride 2,
-Y = A^T [(G g G^T) * (B^T d B)] A, summed over channels: 16 products of (tiles, C) by (C, F)
-instead of im2col's one of (pixels, 9C) by (9C, F), 2.25 times fewer multiply-adds.
-B^T = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]] and A^T = [[1,1,1,0],[0,1,-1,-1]] are applied as
-adds and subtractions, G as a matrix. The backward pass runs the same algorithm's adjoints:
-dM = A dY A^T, then dU = V^T dM for the weights and dV = dM U^T, folded back onto the overlapping
-input tiles (B dV B^T), for the input.
+F(m x m, 3x3): each m x m block of outputs comes from an a x a input tile (a = m + 2) at stride m,
+Y = A^T [(G g G^T) * (B^T d B)] A, summed over channels: a^2 products of (tiles, C) by (C, F)
+instead of im2col's one of (pixels, 9C) by (9C, F). F(2x2, 3x3) does 2.25 times fewer
+multiply-adds than im2col, F(4x4, 3x3) 4 times fewer. The backward pass runs the same algorithm's
+adjoints: dM = A dY A^T, then dU = V^T dM for the weights and dV = dM U^T, folded back onto the
+overlapping input tiles (B dV B^T), for the input.
 
-Memory layout: neighbouring columns of a channels-last image are C values apart, so a transform
-between columns, done directly, would run NumPy's inner loop over only C values at a time. The
-columns are split instead into phases, even and odd ones here (one copy that moves whole C-value
-runs, as items of a void dtype), after which every add runs over whole rows of tiles, and each
-stage runs over all tile columns (or rows) at once: NumPy's per-call cost is then paid a few
-times per block, not per tile position.
+Each transform of a block of images is one copy and one matrix product: the tiles are gathered
+(a strided view, copied whole) into an (a*a, tiles*C) matrix and multiplied by the Kronecker
+product of the transform with itself, (a*a, a*a), which applies it along rows and columns at once;
+outputs are scattered back the same way, overlapping input tiles summed in four strided adds.
+The product does more multiply-adds than a sequence of adds over the tiles would, but it reads
+and writes each value once, where those sequences took 17 NumPy passes per axis with temporaries:
+all four transforms of cifar10_cnn's 32x32x32 -> 32 conv 1.3-2.5 times faster, one thread.
 reference.conv2d_forward / conv2d_backward are the loops all of this is tested against.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import functools
 
-# Transformed input per block of images: 7-56 images of cifar10_cnn's convs with F(4x4, 3x3). Its
-# 32x32x32 -> 32 conv, forward and backward on 32 images, one thread: 13.5-13.6 ms against 13.9-14.1
-# with 1 MiB (NumPy's per-call cost weighs more on smaller arrays); its transforms and products
-# alone 10.8 ms against 12.0 (1 MiB) and 11.7 (4 MiB). keras_mnist's F(2x2, 3x3) conv: no change.
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+# Transformed input per block of images: 7-56 images of cifar10_cnn's convs with F(4x4, 3x3), so
+# that a block's tiles stay in cache from transform to product.
 WINOGRAD_CHUNK_BYTES = 2 << 20
+
+
+class WinogradScheme:
+    """F(m x m, 3x3) by its matrices: B^T (a x a), G (a x 3) and A^T (m x a), a = m + 2."""
+
+    def __init__(self, name: str, BT, G, AT):
+        self.name = name
+        self.BT, self.G, self.AT = (np.array(M, dtype=np.float64) for M in (BT, G, AT))
+        self.m, self.a = self.AT.shape
+
+    @functools.lru_cache(maxsize=None)  # two schemes that live as long as the module, a few dtypes each
+    def kron(self, name: str, dtype) -> np.ndarray:
+        """The transform along rows and columns at once, as one (rows, columns) matrix of dtype:
+        "B" (a*a, a*a), "A" (m*m, a*a), and their transposes "Bt" and "At"."""
+        M = {"B": self.BT, "A": self.AT}[name[0]]
+        K = np.kron(M, M)
+        return np.ascontiguousarray(K.T if name.endswith("t") else K, dtype=dtype)
+
+    def __repr__(self):
+        return self.name
+
+
+F2x2 = WinogradScheme(  # interpolation points 0, 1, -1 and infinity
+    "F(2x2, 3x3)",
+    BT=[[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]],
+    G=[[1, 0, 0], [1 / 2, 1 / 2, 1 / 2], [1 / 2, -1 / 2, 1 / 2], [0, 0, 1]],
+    AT=[[1, 1, 1, 0], [0, 1, -1, -1]],
+)
+F4x4 = WinogradScheme(  # interpolation points 0, 1, -1, 2, -2 and infinity
+    "F(4x4, 3x3)",
+    BT=[[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0],
+        [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]],
+    G=[[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
+       [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]],
+    AT=[[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
+)
 
 
 def winograd_weights(W: np.ndarray, channels: int, G: np.ndarray) -> np.ndarray:
@@ -39,154 +75,89 @@ def winograd_weights(W: np.ndarray, channels: int, G: np.ndarray) -> np.ndarray:
     return (G @ rows).reshape(a * a, channels, -1)  # two products, 15 times faster than the einsum
 
 
-def _items(a: np.ndarray) -> np.ndarray:
-    """(n, H, W, C) memory as an (n, H, W) array of C-value items: strided copies then move whole runs."""
-    n, H, W, C = a.shape
-    return a.view(np.dtype((np.void, C * a.itemsize))).reshape(n, H, W)
+def _tiles(x: np.ndarray, size, stride: int, tiles_hw, offset=(0, 0)) -> np.ndarray:
+    """The size[0] x size[1] tiles at `stride` of x (n, H, W, C) from `offset`, as a strided view
+    (size[0], size[1], n, TH, TW, C): position in the tile first, as the transforms' matrices take it."""
+    n, C = x.shape[0], x.shape[3]
+    s = x.strides
+    start = x[:, offset[0]:, offset[1]:]
+    return as_strided(start, (*size, n, *tiles_hw, C), (s[1], s[2], s[0], stride * s[1], stride * s[2], s[3]))
 
 
-def _column_runs(width: int, left: int, count: int, phases: int):
-    """For each phase r of the padded columns P*k + r (P phases, k < count) of an image `width` wide
-    padded by `left`: (r, the first k inside the image, its image column, how many are inside)."""
-    for r in range(phases):
-        k = max(0, (left - r + phases - 1) // phases)
-        c = phases * k + r - left
-        yield r, k, c, max(0, min(count - k, (width - c + phases - 1) // phases))
-
-
-def split_columns(x: np.ndarray, pads, count: int, phases: int = 2) -> list[np.ndarray]:
-    """x (n, H, W, C), zero padded by pads -> its padded columns P*k + r, k < count, as P arrays
-    (n, Hp, count, C), one per phase r: even and odd columns for P = 2."""
+def _padded(x: np.ndarray, pads) -> np.ndarray:
+    """x (n, H, W, C) zero padded by pads: x itself when there is none, else a new array with only its
+    border zeroed."""
+    (t, b), (l, r) = pads
+    if not (t or b or l or r):
+        return x
     n, H, W, C = x.shape
-    (t, b), (l, _) = pads
-    xs = _items(x)
-    parts = []
-    for _, k, c, inside in _column_runs(W, l, count, phases):
-        part = np.empty((n, H + t + b, count, C), dtype=x.dtype)
-        part[:, :t] = 0
-        part[:, t + H :] = 0
-        part[:, t : t + H, :k] = 0
-        part[:, t : t + H, k + inside :] = 0
-        _items(part)[:, t : t + H, k : k + inside] = xs[:, :, c : c + phases * inside : phases]
-        parts.append(part)
-    return parts
+    xp = np.empty((n, t + H + b, l + W + r, C), dtype=x.dtype)
+    xp[:, :t] = 0
+    xp[:, t + H :] = 0
+    xp[:, t : t + H, :l] = 0
+    xp[:, t : t + H, l + W :] = 0
+    xp[:, t : t + H, l : l + W] = x
+    return xp
 
 
-def merge_columns(parts, pads, out: np.ndarray) -> None:
-    """The inverse of split_columns, cropped: out (n, H, W, C) = the image's columns of the phases."""
-    _, H, W, _ = out.shape
-    (t, _), (l, _) = pads
-    outs, phases = _items(out), len(parts)
-    for r, k, c, inside in _column_runs(W, l, parts[0].shape[2], phases):
-        outs[:, :, c : c + phases * inside : phases] = _items(parts[r])[:, t : t + H, k : k + inside]
+def transform_input(x: np.ndarray, pads, tiles_hw, scheme) -> np.ndarray:
+    """V = B^T d B of every a x a tile at stride m of x (n, H, W, C) padded by pads, as (a*a, n*TH*TW, C)."""
+    n, C = x.shape[0], x.shape[3]
+    a, T = scheme.a, tiles_hw[0] * tiles_hw[1]
+    d = np.empty((a, a, n, *tiles_hw, C), dtype=x.dtype)
+    d[...] = _tiles(_padded(x, pads), (a, a), scheme.m, tiles_hw)
+    return (scheme.kron("B", x.dtype) @ d.reshape(a * a, -1)).reshape(a * a, n * T, C)
 
 
-def _input2(x: np.ndarray, pads, tiles_hw) -> np.ndarray:
-    """V = B^T d B of every 4x4 tile at stride 2 of x (n, H, W, C) zero padded by pads, as (16, n*TH*TW, C).
-
-    B^T along columns first, on the even and odd columns: tile t's are e[t], o[t], e[t+1], o[t+1].
-    """
-    n, _, _, C = x.shape
+def transform_output(M: np.ndarray, n: int, tiles_hw, scheme, out: np.ndarray) -> None:
+    """A^T M A of every tile of M (a*a, n*TH*TW, F) into out, (n*m*TH*m*TW, F) in (image, row, column) order."""
+    m, F = scheme.m, M.shape[-1]
+    Y = scheme.kron("A", M.dtype) @ M.reshape(len(M), -1)
     TH, TW = tiles_hw
-    e, o = split_columns(x, pads, TW + 1)
-    e0, e1, o0, o1 = e[:, :, :TW], e[:, :, 1:], o[:, :, :TW], o[:, :, 1:]
-    cols = np.empty((4, n, 2 * TH + 2, TW, C), dtype=x.dtype)
-    np.subtract(e0, e1, out=cols[0])
-    np.add(o0, e1, out=cols[1])
-    np.subtract(e1, o0, out=cols[2])
-    np.subtract(o0, o1, out=cols[3])
-    d0, d1, d2, d3 = (cols[:, :, k : k + 2 * TH : 2] for k in range(4))  # then along rows, at stride 2,
-    V = np.empty((4, 4, n, TH, TW, C), dtype=x.dtype)  # for every tile column at once
-    np.subtract(d0, d2, out=V[0])
-    np.add(d1, d2, out=V[1])
-    np.subtract(d2, d1, out=V[2])
-    np.subtract(d1, d3, out=V[3])
-    return V.reshape(16, n * TH * TW, C)
+    _tiles(out.reshape(n, m * TH, m * TW, F), (m, m), m, tiles_hw)[...] = Y.reshape(m, m, n, TH, TW, F)
 
 
-def _input2_adjoint(dV: np.ndarray, tiles_hw, pads, out: np.ndarray) -> None:
-    """The gradient of _input2: dV (16, n*TH*TW, C) -> d x, written into out (n, H, W, C).
-
-    B dV B^T per tile, then the tiles' overlaps summed: padded row 2k gets tile k's first row and
-    tile k-1's third, row 2k+1 tile k's second and tile k-1's fourth; columns alike.
-    """
-    n, _, _, C = out.shape
-    TH, TW = tiles_hw
-    dV = dV.reshape(4, 4, n, TH, TW, C)
-    rows = np.empty((4, n, TH + 1, 2, TW, C), dtype=dV.dtype)  # (column j, image, padded row, column, C)
-    _fold_tiles(dV, rows[:, :, :, 0], rows[:, :, :, 1], TH)
-    rows = rows.reshape(4, n, 2 * TH + 2, TW, C)
-    halves = np.empty((2, n, 2 * TH + 2, TW + 1, C), dtype=dV.dtype)  # even and odd padded columns
-    _fold_tiles(rows, halves[0], halves[1], TW)
-    merge_columns(halves, pads, out)
-
-
-def _fold_tiles(d, even, odd, T: int) -> None:
-    """B applied to the four tile rows d[0..3] (tiles along axis 2 of each), summed where tiles overlap:
-    even[k] = d0[k] + (d1 + d2 - d0)[k-1], odd[k] = (d1 - d2 + d3)[k] - d3[k-1], for k = 0..T.
-    Three adds per output row, the fewest two-operand ufuncs can do it in."""
-    d0, d1, d2, d3 = d
-    s = d1 + d2
-    s -= d0
-    even[:, :, 0] = d0[:, :, 0]
-    np.add(d0[:, :, 1:], s[:, :, : T - 1], out=even[:, :, 1:T])
-    even[:, :, T] = s[:, :, T - 1]
-    np.subtract(d1, d2, out=s)
-    s += d3
-    np.subtract(s[:, :, 1:], d3[:, :, : T - 1], out=odd[:, :, 1:T])
-    odd[:, :, 0] = s[:, :, 0]
-    np.negative(d3[:, :, T - 1], out=odd[:, :, T])
-
-
-def _output2(M: np.ndarray, n: int, tiles_hw, out: np.ndarray) -> None:
-    """A^T m A of every tile of M (16, n*TH*TW, F) into out, (n*2TH*2TW, F) in (image, row, column) order."""
-    TH, TW = tiles_hw
-    M = M.reshape(4, 4, n, TH, TW, -1)
-    y = out.reshape(n, TH, 2, TW, 2, -1)
-    for a, r in enumerate((M[0] + M[1] + M[2], M[1] - M[2] - M[3])):  # A^T over rows, then columns (written
-        np.add(r[0] + r[1], r[2], out=y[:, :, a, :, 0])  # straight to every other column: no faster split)
-        np.subtract(r[1] - r[2], r[3], out=y[:, :, a, :, 1])
-
-
-def _output2_adjoint(dy: np.ndarray) -> np.ndarray:
-    """dM = A dY A^T of each 2x2 block of dy (n, 2TH, 2TW, F): the gradient of _output2's M, as
-    (16, n*TH*TW, F), with its fourth row and column negated (F2x2.signs restores them)."""
+def output_adjoint(dy: np.ndarray, scheme) -> np.ndarray:
+    """dM = A dY A^T of each m x m block of dy (n, m*TH, m*TW, F): the gradient of transform_output's M,
+    as (a*a, n*TH*TW, F)."""
     n, H, W, F = dy.shape
-    TH, TW = H // 2, W // 2
-    e, o = split_columns(dy, ((0, 0), (0, 0)), TW)
-    dM = np.empty((4, 4, n, TH, TW, F), dtype=dy.dtype)
-    for c, j in ((e, 0), (o, 3)):  # A = [[1,0],[1,1],[1,-1],[0,-1]] over rows, its last row's sign left out
-        r0, r1 = c[:, 0::2], c[:, 1::2]
-        dM[0, j] = r0
-        np.add(r0, r1, out=dM[1, j])
-        np.subtract(r0, r1, out=dM[2, j])
-        dM[3, j] = r1
-    np.add(dM[:, 0], dM[:, 3], out=dM[:, 1])  # then over columns
-    np.subtract(dM[:, 0], dM[:, 3], out=dM[:, 2])
-    return dM.reshape(16, n * TH * TW, F)
+    m = scheme.m
+    tiles_hw = (H // m, W // m)
+    blocks = np.empty((m, m, n, *tiles_hw, F), dtype=dy.dtype)
+    blocks[...] = _tiles(dy, (m, m), m, tiles_hw)
+    return (scheme.kron("At", dy.dtype) @ blocks.reshape(m * m, -1)).reshape(scheme.a**2, -1, F)
 
 
-class F2x2:
-    """Winograd F(2x2, 3x3): 4x4 input tiles at stride 2, 16 products, 2.25 times fewer multiply-adds than
-    im2col. B^T = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]], A^T = [[1,1,1,0],[0,1,-1,-1]]."""
+def input_adjoint(dV: np.ndarray, tiles_hw, pads, scheme, out: np.ndarray) -> None:
+    """The gradient of transform_input: dV (a*a, n*TH*TW, C) -> d x, written into out (n, H, W, C).
 
-    m = 2
-    G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
-    # the adjoint dM is built with its fourth row and column negated (no negation passes); the products
-    # that read it take these signs back, on their small (C, F) operands
-    signs = np.outer([1, 1, 1, -1], [1, 1, 1, -1]).reshape(16, 1, 1)
-    input, input_adjoint = staticmethod(_input2), staticmethod(_input2_adjoint)
-    output, output_adjoint = staticmethod(_output2), staticmethod(_output2_adjoint)
+    B dV B^T per tile, then the tiles summed where they overlap: a tile's first m rows and columns
+    are its own, its last two the next tile's first two.
+    """
+    n, H, W, C = out.shape
+    a, m = scheme.a, scheme.m
+    TH, TW = tiles_hw
+    dd = (scheme.kron("Bt", dV.dtype) @ dV.reshape(a * a, -1)).reshape(a, a, n, TH, TW, C)
+    (t, b), (l, r) = pads
+    padded = bool(t or b or l or r)
+    dxp = np.empty((n, m * TH + 2, m * TW + 2, C), dtype=dV.dtype) if padded else out
+    dxp[:, m * TH :] = 0  # the last tiles' overlap, which no tile's own part writes
+    dxp[:, : m * TH, m * TW :] = 0
+    own, rest = slice(0, m), slice(m, a)
+    _tiles(dxp, (m, m), m, tiles_hw)[...] = dd[own, own]
+    _tiles(dxp, (2, m), m, tiles_hw, (m, 0))[...] += dd[rest, own]
+    _tiles(dxp, (m, 2), m, tiles_hw, (0, m))[...] += dd[own, rest]
+    _tiles(dxp, (2, 2), m, tiles_hw, (m, m))[...] += dd[rest, rest]
+    if padded:
+        out[...] = dxp[:, t : t + H, l : l + W]
 
 
 def conv_forward_winograd_nhwc(x: np.ndarray, W: np.ndarray, pads, out_hw, keep: bool, scheme=F2x2):
     """conv_forward_nhwc for a 3x3, stride-1 conv by Winograd F(m x m, 3x3), output sides multiples of m.
-    x: the unpadded input, (N, H, W, C), padded by pads on the way into the transform; scheme: F2x2
-    or winograd_f4.F4x4 (its transforms, G and m).
+    x: the unpadded input, (N, H, W, C), padded by pads on the way into the transform; scheme: F2x2 or F4x4.
 
-    (m+2)^2 products of (tiles, C) by (C, F) instead of one of (pixels, 9C) by (9C, F), and transforms
-    of the input and output in place of im2col's nine-fold copy, a few images at a time so the
-    transformed tiles stay in cache. Returns y (N*OH*OW, F) and, when keep, the transformed input
+    Transforms of the input and output in place of im2col's nine-fold copy, a few images at a time so
+    the transformed tiles stay in cache. Returns y (N*OH*OW, F) and, when keep, the transformed input
     blocks (winograd_backward's).
     """
     N, _, _, C = x.shape
@@ -197,9 +168,9 @@ def conv_forward_winograd_nhwc(x: np.ndarray, W: np.ndarray, pads, out_hw, keep:
     y = np.empty((N * OH * OW, W.shape[1]), dtype=np.result_type(x, W))
     blocks = []
     for start in range(0, N, step):
-        V = scheme.input(x[start : start + step], pads, tiles)
+        V = transform_input(x[start : start + step], pads, tiles, scheme)
         n = V.shape[1] // (tiles[0] * tiles[1])
-        scheme.output(np.matmul(V, U), n, tiles, y[start * OH * OW : (start + n) * OH * OW])
+        transform_output(np.matmul(V, U), n, tiles, scheme, y[start * OH * OW : (start + n) * OH * OW])
         if keep:
             blocks.append(V)
     return y, blocks
@@ -217,19 +188,17 @@ def winograd_backward(blocks, dym: np.ndarray, W: np.ndarray, pads, in_shape, ou
     OH, OW = out_hw
     tiles = (OH // scheme.m, OW // scheme.m)
     F = dym.shape[1]
-    signs = scheme.signs.astype(dym.dtype)  # of the tile positions whose dM the adjoint built negated
-    Ut = (winograd_weights(W, C, scheme.G) * signs).transpose(0, 2, 1) if input_grad else None
+    Ut = winograd_weights(W, C, scheme.G).transpose(0, 2, 1) if input_grad else None
     dx = np.empty(in_shape, dtype=dym.dtype) if input_grad else None
     dU, start = None, 0
     for V in blocks:
         n = V.shape[1] // (tiles[0] * tiles[1])
-        dM = scheme.output_adjoint(dym[start * OH * OW : (start + n) * OH * OW].reshape(n, OH, OW, F))
+        dM = output_adjoint(dym[start * OH * OW : (start + n) * OH * OW].reshape(n, OH, OW, F), scheme)
         part = np.matmul(V.transpose(0, 2, 1), dM)
         dU = part if dU is None else dU + part
         if input_grad:
-            scheme.input_adjoint(np.matmul(dM, Ut), tiles, pads, dx[start : start + n])
+            input_adjoint(np.matmul(dM, Ut), tiles, pads, scheme, dx[start : start + n])
         start += n
-    dU *= signs
     G = scheme.G.astype(dym.dtype)
     rows = (G.T @ dU.reshape(len(G), -1)).reshape(3, len(G), -1)
     return (G.T @ rows).reshape(9 * C, F), dx

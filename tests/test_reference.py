@@ -241,23 +241,27 @@ def test_banded_conv_matches_reference(monkeypatch, C, H, W, F, kernel, stride, 
     # output sides multiples of 4: F(4x4, 3x3)
     (3, 8, 8, 2, "same"), (4, 12, 8, 5, "same"), (2, 6, 10, 3, "valid"), (2, 5, 9, 3, ((1, 0), (0, 1))),
     (3, 2, 4, 2, ((2, 2), (1, 1))), (1, 2, 2, 1, ((2, 2), (2, 2))),
+    # other output sides: the last blocks overhang the output (F(4x4, 3x3) where it takes fewer products)
+    (3, 14, 14, 2, "same"), (2, 5, 7, 3, "same"), (2, 7, 7, 3, "valid"), (2, 3, 9, 2, "valid"),
+    (2, 9, 6, 3, ((0, 1), (2, 0))),
 ])
 def test_winograd_conv_matches_reference(monkeypatch, C, H, W, F, padding, chunk_bytes):
     from cnntrain.layers import conv
 
-    # every 3x3 stride-1 conv with even output sides, whatever its width, forward and both gradients
+    # every 3x3 stride-1 conv, whatever its width and output size, forward and both gradients
     monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 1)
     monkeypatch.setattr(conv, "WINOGRAD_MIN_FILTERS", 1)
     monkeypatch.setattr(winograd, "WINOGRAD_CHUNK_BYTES", chunk_bytes)
     rng = np.random.default_rng(0)
     layer, (_, OH, OW) = make("conv2d", {"filters": F, "kernel_size": 3, "padding": padding}, (C, H, W), rng)
     assert (conv.forward_method(layer), conv.input_grad_method(layer)) == ("winograd", "winograd")
-    m = 4 if OH % 4 == 0 and OW % 4 == 0 else 2
+    blocks_of = lambda m: -(-OH // m) * -(-OW // m)  # noqa: E731
+    m = 4 if blocks_of(4) * 36 < blocks_of(2) * 16 else 2  # the fewer products; F(2x2, 3x3) on a tie
     assert conv.winograd_scheme(layer).m == m
     x = rng.standard_normal((3, C, H, W))
     layer.forward(x, training=True)
     blocks = layer._pop_cache()[0]  # the transformed input tiles kept for dW
-    tiles = (1 if chunk_bytes == 1 else 3) * (OH // m) * (OW // m)
+    tiles = (1 if chunk_bytes == 1 else 3) * blocks_of(m)
     assert [b.shape for b in blocks] == [((m + 2) ** 2, tiles, C)] * len(blocks)
     check_conv(layer, x, rng, f"winograd conv2d x{x.shape} F={F} padding {padding}")
     y_ref = ref.conv2d_forward(x, layer.params["W"], layer.params.get("b"), layer.stride, layer.pads, layer.dilation)
@@ -299,15 +303,27 @@ def test_winograd_takes_only_the_convs_it_computes():
                                 ({"filters": 8, "padding": "same"}, (32, 8, 8), ("winograd", "flipped")),
                                 ({"filters": 32, "padding": "same"}, (16, 8, 8), ("im2col", "offsets")),
                                 ({"filters": 32, "padding": "same"}, (8, 8, 8), ("im2col", "shifts")),
-                                ({"filters": 32, "padding": "same"}, (32, 7, 8), ("im2col", "flipped")),
+                                ({"filters": 32, "padding": "same"}, (32, 7, 8), ("winograd", "winograd")),  # odd sides
                                 ({"filters": 64}, (32, 8, 8), ("winograd", "winograd")),  # keras_mnist's second conv
                                 ({"filters": 8}, (32, 8, 8), ("winograd", "offsets")),
-                                ({"filters": 32}, (32, 7, 7), ("im2col", "offsets")),
+                                ({"filters": 32}, (32, 7, 7), ("winograd", "winograd")),
                                 ({"filters": 32, "padding": 1, "stride": 2}, (32, 8, 8), ("im2col", "offsets")),
                                 ({"filters": 32, "padding": "same", "dilation": 2}, (32, 8, 8), ("im2col", "flipped")),
                                 ({"filters": 32, "kernel_size": 5, "padding": "same"}, (32, 8, 8), ("im2col", "flipped"))]:
         layer, _ = make("conv2d", {"kernel_size": 3, **kwargs}, shape, rng)
         assert (forward_method(layer), input_grad_method(layer)) == want, (kwargs, shape)
+
+
+@pytest.mark.parametrize("side,m", [(32, 4), (24, 4), (26, 4), (14, 4), (7, 4), (3, 4),
+                                     (6, 2), (5, 2), (2, 2), (1, 2)])
+def test_winograd_scheme_takes_the_fewer_products(side, m):
+    from cnntrain.layers.conv import winograd_scheme
+
+    # F(2x2, 3x3): 16 per 2x2 block, F(4x4, 3x3): 36 per 4x4 block, blocks overhanging the output counted;
+    # 6x6: 9 * 16 = 4 * 36, a tie, goes to F(2x2, 3x3)
+    layer, _ = make("conv2d", {"filters": 4, "kernel_size": 3, "padding": "same"}, (32, side, side),
+                    np.random.default_rng(0))
+    assert winograd_scheme(layer).m == m
 
 
 def check_conv(layer, x, rng, what):

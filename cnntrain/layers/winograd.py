@@ -152,9 +152,22 @@ def input_adjoint(dV: np.ndarray, tiles_hw, pads, scheme, out: np.ndarray) -> No
         out[...] = dxp[:, t : t + H, l : l + W]
 
 
+def tiles_for(out_hw, scheme) -> tuple[int, int]:
+    """Tiles along each side: enough m x m output blocks to cover the output (the last may overhang)."""
+    return tuple(-(-side // scheme.m) for side in out_hw)
+
+
+def _tile_pads(pads, out_hw, tiles_hw, scheme):
+    """pads, with the bottom and right grown by the last tiles' overhang: the input every tile reads."""
+    ((t, b), (l, r)), m = pads, scheme.m
+    return (t, b + m * tiles_hw[0] - out_hw[0]), (l, r + m * tiles_hw[1] - out_hw[1])
+
+
 def conv_forward_winograd_nhwc(x: np.ndarray, W: np.ndarray, pads, out_hw, keep: bool, scheme=F2x2):
-    """conv_forward_nhwc for a 3x3, stride-1 conv by Winograd F(m x m, 3x3), output sides multiples of m.
+    """conv_forward_nhwc for a 3x3, stride-1 conv by Winograd F(m x m, 3x3).
     x: the unpadded input, (N, H, W, C), padded by pads on the way into the transform; scheme: F2x2 or F4x4.
+    Output sides that are not multiples of m take one more block each, read from zero padding and
+    cropped off.
 
     Transforms of the input and output in place of im2col's nine-fold copy, a few images at a time so
     the transformed tiles stay in cache. Returns y (N*OH*OW, F) and, when keep, the transformed input
@@ -162,15 +175,24 @@ def conv_forward_winograd_nhwc(x: np.ndarray, W: np.ndarray, pads, out_hw, keep:
     """
     N, _, _, C = x.shape
     OH, OW = out_hw
-    tiles = (OH // scheme.m, OW // scheme.m)
+    m, F = scheme.m, W.shape[1]
+    tiles = tiles_for(out_hw, scheme)
+    exact = (m * tiles[0], m * tiles[1]) == (OH, OW)
+    pads = _tile_pads(pads, out_hw, tiles, scheme)
     U = winograd_weights(W, C, scheme.G)
     step = max(1, WINOGRAD_CHUNK_BYTES // (len(U) * tiles[0] * tiles[1] * C * x.itemsize))
-    y = np.empty((N * OH * OW, W.shape[1]), dtype=np.result_type(x, W))
+    y = np.empty((N * OH * OW, F), dtype=np.result_type(x, W))
     blocks = []
     for start in range(0, N, step):
         V = transform_input(x[start : start + step], pads, tiles, scheme)
         n = V.shape[1] // (tiles[0] * tiles[1])
-        transform_output(np.matmul(V, U), n, tiles, scheme, y[start * OH * OW : (start + n) * OH * OW])
+        out = y[start * OH * OW : (start + n) * OH * OW]
+        if exact:
+            transform_output(np.matmul(V, U), n, tiles, scheme, out)
+        else:
+            whole = np.empty((n * m * tiles[0] * m * tiles[1], F), dtype=y.dtype)
+            transform_output(np.matmul(V, U), n, tiles, scheme, whole)
+            out.reshape(n, OH, OW, F)[...] = whole.reshape(n, m * tiles[0], m * tiles[1], F)[:, :OH, :OW]
         if keep:
             blocks.append(V)
     return y, blocks
@@ -186,14 +208,19 @@ def winograd_backward(blocks, dym: np.ndarray, W: np.ndarray, pads, in_shape, ou
     """
     C = in_shape[3]
     OH, OW = out_hw
-    tiles = (OH // scheme.m, OW // scheme.m)
-    F = dym.shape[1]
+    m, F = scheme.m, dym.shape[1]
+    tiles = tiles_for(out_hw, scheme)
+    exact = (m * tiles[0], m * tiles[1]) == (OH, OW)
+    pads = _tile_pads(pads, out_hw, tiles, scheme)
     Ut = winograd_weights(W, C, scheme.G).transpose(0, 2, 1) if input_grad else None
     dx = np.empty(in_shape, dtype=dym.dtype) if input_grad else None
     dU, start = None, 0
     for V in blocks:
         n = V.shape[1] // (tiles[0] * tiles[1])
-        dM = output_adjoint(dym[start * OH * OW : (start + n) * OH * OW].reshape(n, OH, OW, F), scheme)
+        dy = dym[start * OH * OW : (start + n) * OH * OW].reshape(n, OH, OW, F)
+        if not exact:  # the overhanging outputs' gradient is 0
+            dy = np.pad(dy, ((0, 0), (0, m * tiles[0] - OH), (0, m * tiles[1] - OW), (0, 0)))
+        dM = output_adjoint(dy, scheme)
         part = np.matmul(V.transpose(0, 2, 1), dM)
         dU = part if dU is None else dU + part
         if input_grad:

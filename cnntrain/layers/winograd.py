@@ -75,13 +75,15 @@ def winograd_weights(W: np.ndarray, channels: int, G: np.ndarray) -> np.ndarray:
     return (G @ rows).reshape(a * a, channels, -1)  # two products, 15 times faster than the einsum
 
 
-def _tiles(x: np.ndarray, size, stride: int, tiles_hw, offset=(0, 0)) -> np.ndarray:
+def _tiles(x: np.ndarray, size, stride: int, tiles_hw, offset=(0, 0), writeable: bool = False) -> np.ndarray:
     """The size[0] x size[1] tiles at `stride` of x (n, H, W, C) from `offset`, as a strided view
-    (size[0], size[1], n, TH, TW, C): position in the tile first, as the transforms' matrices take it."""
+    (size[0], size[1], n, TH, TW, C): position in the tile first, as the transforms' matrices take it.
+    Writeable only where the tiles do not overlap (the output's blocks, each part of the input's)."""
     n, C = x.shape[0], x.shape[3]
     s = x.strides
     start = x[:, offset[0]:, offset[1]:]
-    return as_strided(start, (*size, n, *tiles_hw, C), (s[1], s[2], s[0], stride * s[1], stride * s[2], s[3]))
+    return as_strided(start, (*size, n, *tiles_hw, C), (s[1], s[2], s[0], stride * s[1], stride * s[2], s[3]),
+                      writeable=writeable)
 
 
 def _padded(x: np.ndarray, pads) -> np.ndarray:
@@ -114,7 +116,8 @@ def transform_output(M: np.ndarray, n: int, tiles_hw, scheme, out: np.ndarray) -
     m, F = scheme.m, M.shape[-1]
     Y = scheme.kron("A", M.dtype) @ M.reshape(len(M), -1)
     TH, TW = tiles_hw
-    _tiles(out.reshape(n, m * TH, m * TW, F), (m, m), m, tiles_hw)[...] = Y.reshape(m, m, n, TH, TW, F)
+    blocks = _tiles(out.reshape(n, m * TH, m * TW, F), (m, m), m, tiles_hw, writeable=True)
+    blocks[...] = Y.reshape(m, m, n, TH, TW, F)
 
 
 def output_adjoint(dy: np.ndarray, scheme) -> np.ndarray:
@@ -144,10 +147,10 @@ def input_adjoint(dV: np.ndarray, tiles_hw, pads, scheme, out: np.ndarray) -> No
     dxp[:, m * TH :] = 0  # the last tiles' overlap, which no tile's own part writes
     dxp[:, : m * TH, m * TW :] = 0
     own, rest = slice(0, m), slice(m, a)
-    _tiles(dxp, (m, m), m, tiles_hw)[...] = dd[own, own]
-    _tiles(dxp, (2, m), m, tiles_hw, (m, 0))[...] += dd[rest, own]
-    _tiles(dxp, (m, 2), m, tiles_hw, (0, m))[...] += dd[own, rest]
-    _tiles(dxp, (2, 2), m, tiles_hw, (m, m))[...] += dd[rest, rest]
+    _tiles(dxp, (m, m), m, tiles_hw, writeable=True)[...] = dd[own, own]
+    _tiles(dxp, (2, m), m, tiles_hw, (m, 0), True)[...] += dd[rest, own]
+    _tiles(dxp, (m, 2), m, tiles_hw, (0, m), True)[...] += dd[own, rest]
+    _tiles(dxp, (2, 2), m, tiles_hw, (m, m), True)[...] += dd[rest, rest]
     if padded:
         out[...] = dxp[:, t : t + H, l : l + W]
 

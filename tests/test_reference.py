@@ -250,6 +250,7 @@ def test_winograd_conv_matches_reference(monkeypatch, C, H, W, F, padding, chunk
 
     # every 3x3 stride-1 conv, whatever its width and output size, forward and both gradients
     monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS_LARGE", 1)
     monkeypatch.setattr(conv, "WINOGRAD_MIN_FILTERS", 1)
     monkeypatch.setattr(winograd, "WINOGRAD_CHUNK_BYTES", chunk_bytes)
     rng = np.random.default_rng(0)
@@ -302,6 +303,10 @@ def test_winograd_takes_only_the_convs_it_computes():
                                 ({"filters": 16, "padding": "same"}, (32, 8, 8), ("winograd", "winograd")),
                                 ({"filters": 8, "padding": "same"}, (32, 8, 8), ("winograd", "flipped")),
                                 ({"filters": 32, "padding": "same"}, (16, 8, 8), ("im2col", "offsets")),
+                                # 16 channels from 16x16 outputs (256 pixels), not at mnist_bn_dropout's 14x14
+                                ({"filters": 32, "padding": "same"}, (16, 16, 16), ("winograd", "winograd")),
+                                ({"filters": 32, "padding": "same"}, (16, 14, 14), ("im2col", "offsets")),
+                                ({"filters": 32, "padding": "same"}, (8, 28, 28), ("im2col", "shifts")),
                                 ({"filters": 32, "padding": "same"}, (8, 8, 8), ("im2col", "shifts")),
                                 ({"filters": 32, "padding": "same"}, (32, 7, 8), ("winograd", "winograd")),  # odd sides
                                 ({"filters": 64}, (32, 8, 8), ("winograd", "winograd")),  # keras_mnist's second conv

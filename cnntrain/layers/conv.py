@@ -51,22 +51,30 @@ def input_grad_method(layer) -> str:
     return "flipped" if (t or b or l or r) and channels >= FLIPPED_MIN_CHANNELS else "offsets"
 
 
-# Input channels from which Winograd F(2x2, 3x3) won, one thread, 32 images: cifar10_cnn's
-# 32-128 channel convs 17-37% faster forward and backward (32x32x32x32 27.7 -> 22.2 ms, 16x16x64x64
-# 23.4 -> 15.2); with 16 channels at 14x14 (mnist_bn_dropout) the forward was slower, 1.02 against
-# 0.68 ms: too few to pay for the transforms. Its input gradient (dM U^T per tile position, folded
-# back onto the input) needs WINOGRAD_MIN_FILTERS: a 16x16x32 conv's forward and backward with 8
-# filters took 2.4-3.5 ms against 1.9-2.1 for "flipped"; with 16 they tied, with 24 Winograd won.
+# Input channels from which Winograd won, one thread, 32 images, forward and both gradients, with
+# its transforms as products: 32 or more at any size (cifar10_cnn's convs 1.3-1.9x im2col, a
+# 14x14x32 -> 64 conv 1.2x); 16 or more on outputs of WINOGRAD_LARGE_OUTPUT pixels or more
+# (16x16x16 -> 32 1.29x, 28x28x16 -> 32 1.57x, 28x28x24 -> 32 1.82x), but not at 14x14, where F(4x4,
+# 3x3)'s blocks overhang the output by a third (16 channels 0.90x, 24 0.93x: mnist_bn_dropout's
+# second conv keeps im2col); 8 channels at 28x28 tied. Its input gradient (dM U^T per tile
+# position, folded back onto the input) needs WINOGRAD_MIN_FILTERS: a 16x16x32 conv's forward and
+# backward with 8 filters took 2.4-3.5 ms against 1.9-2.1 for "flipped"; with 16 they tied, with 24
+# Winograd won.
 WINOGRAD_MIN_CHANNELS = 32
+WINOGRAD_MIN_CHANNELS_LARGE = 16
+WINOGRAD_LARGE_OUTPUT = 16 * 16
 WINOGRAD_MIN_FILTERS = 16
 
 
 def winograd_fits(layer) -> bool:
     """Whether Winograd (winograd_scheme's) computes a conv's forward and weight gradient: 3x3, stride 1,
-    no dilation and 32+ input channels. Any padding and output size: the transform pads as it goes."""
+    no dilation, and WINOGRAD_MIN_CHANNELS input channels (WINOGRAD_MIN_CHANNELS_LARGE on large
+    outputs). Any padding and output size: the transform pads as it goes."""
     if layer.kernel_size != (3, 3) or layer.stride != (1, 1) or layer.dilation != (1, 1):
         return False
-    return layer.in_shape[0] >= WINOGRAD_MIN_CHANNELS
+    _, OH, OW = layer.out_shape
+    least = WINOGRAD_MIN_CHANNELS_LARGE if OH * OW >= WINOGRAD_LARGE_OUTPUT else WINOGRAD_MIN_CHANNELS
+    return layer.in_shape[0] >= least
 
 
 def winograd_scheme(layer):

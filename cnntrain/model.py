@@ -19,6 +19,7 @@ class Sequential:
         self.in_shape: tuple[int, ...] | None = None
         self.out_shape: tuple[int, ...] | None = None
         self._swapped: set[int] = set()  # ReLUs the last training forward ran after their max pool
+        self._pooled: dict[int, int] = {}  # max pool -> the batchnorm whose scale and shift ran after it
         self._packed: tuple[FlatDict, FlatDict] | None = None  # parameter and gradient views (pack)
 
     def build(self, in_shape, rng: np.random.Generator) -> tuple[int, ...]:
@@ -85,12 +86,23 @@ class Sequential:
         layers, i = self.layers, 0
         owned = False  # x is an array nobody else holds (never the caller's input)
         if training:
-            self._swapped = set()
+            self._swapped, self._pooled = set(), {}
         while i < len(layers):
             layer = layers[i]
             following = layers[i + 1] if i + 1 < len(layers) else None
             i += 1
             if training:
+                run = self._max_pool_run(i - 1, x)
+                if run:
+                    # batchnorm, [ReLU,] max pool: the statistics from the whole input, then the pool,
+                    # then the scale and shift and the ReLU on a quarter of the values (BatchNorm.forward_pooled)
+                    x = layer.forward_pooled(x, run[-1], overwrite=owned and getattr(layer, "overwrites", False))
+                    if len(run) == 2:  # on the batchnorm's new output
+                        x = self._maybe_in_place(run[0], "forward", True, x, training)
+                    owned = True
+                    i += len(run)
+                    self._pooled[i - 1] = i - 1 - len(run)
+                    continue
                 if i > 1 and getattr(layer, "commutes_with_max", False) and getattr(following, "takes_max", False):
                     # relu then max pool == max pool then relu, to the bit, gradient included (a window's
                     # first maximum is the same where it is positive; where it is not, its gradient is 0),
@@ -114,13 +126,41 @@ class Sequential:
                 i += 1
         return x
 
+    def _max_pool_run(self, k: int, x: np.ndarray) -> tuple | None:
+        """(max pool,) or (activation, max pool) when layer k is a batchnorm that may run its scale and
+        shift after that pool (BatchNorm.pools_first), the activation commuting with max; else None."""
+        layers = self.layers
+        if k == 0 or not hasattr(layers[k], "forward_pooled") or not layers[k].pools_first(x):
+            return None
+        run = layers[k + 1 : k + 3]
+        if run and getattr(run[0], "takes_max", False):
+            return (run[0],)
+        if len(run) == 2 and getattr(run[0], "commutes_with_max", False) and getattr(run[1], "takes_max", False):
+            return tuple(run)
+        return None
+
+    @staticmethod
+    def _maybe_in_place(layer, method: str, owned: bool, *args):
+        """layer.forward or layer.backward, with overwrite=True when the array is owned and the layer `overwrites`."""
+        if owned and getattr(layer, "overwrites", False):
+            return getattr(layer, method)(*args, overwrite=True)
+        return getattr(layer, method)(*args)
+
     def backward(self, dy: np.ndarray, input_grad: bool = False) -> np.ndarray | None:
         """Gradients of every layer; d loss / d input too only when input_grad (training never needs it)."""
         i = len(self.layers) - 1
         owned = False  # dy is an array nobody else holds (not the loss's)
         while i >= 1:
             layer = self.layers[i]
-            if i - 1 in self._swapped:  # a ReLU that ran after the max pool at i: its backward comes first
+            if i in self._pooled:  # a max pool, [a ReLU,] and the batchnorm that ran its scale and shift after them
+                k = self._pooled[i]
+                if i - k == 2:
+                    dy = self._maybe_in_place(self.layers[k + 1], "backward", owned, dy)
+                    owned = getattr(self.layers[k + 1], "new_grad", False) or owned
+                layer = self.layers[k]
+                dy = layer.backward_pooled(dy, self.layers[i], overwrite=owned and getattr(layer, "overwrites", False))
+                i = k - 1
+            elif i - 1 in self._swapped:  # a ReLU that ran after the max pool at i: its backward comes first
                 dy = layer.backward(self.layers[i - 1].backward(dy))
                 i -= 2
             elif owned and getattr(layer, "overwrites", False):

@@ -255,13 +255,14 @@ def check_in_place(monkeypatch, cls, specs, want_calls):
         monkeypatch.setattr(cls, "overwrites", overwrites)
         model = build_model(specs, (2, 8, 8), np.random.default_rng(1))
         x_before, dy_before = x.copy(), dy.copy()
-        calls = []
-        original = cls.forward
-        monkeypatch.setattr(cls, "forward", lambda self, x, training, overwrite=False:
-                            calls.append(overwrite) or original(self, x, training, overwrite))
+        calls = []  # overwrite as passed to each forward (or forward_pooled, BatchNorm's before a max pool)
+        for method in ("forward", "forward_pooled"):
+            if hasattr(cls, method):
+                monkeypatch.setattr(cls, method, lambda self, *args, overwrite=False, original=getattr(cls, method):
+                                    calls.append(overwrite) or original(self, *args, overwrite=overwrite))
         out = model.forward(x, training=True)
         dx = model.backward(dy, input_grad=True)
-        monkeypatch.setattr(cls, "forward", original)
+        monkeypatch.undo()
         np.testing.assert_array_equal(x, x_before)  # the first layer's input is the caller's
         np.testing.assert_array_equal(dy, dy_before)  # the last layer's dy is the caller's
         assert calls == (want_calls if overwrites else [False] * len(want_calls))

@@ -319,6 +319,63 @@ def test_relu_run_after_its_max_pool_changes_no_bit_forward_or_backward(pool):
         np.testing.assert_array_equal(got[key], g, err_msg=key)
 
 
+def run_layer_by_layer(model, x, dy):
+    """Training forward and backward of model's layers one after another, in their order: (output, grads, buffers)."""
+    h = x
+    for layer in model.layers:
+        h = layer.forward(h, True)
+    d = dy
+    for layer in reversed(model.layers[1:]):
+        d = layer.backward(d)
+    model.layers[0].backward_params(d)
+    return h, model.named_grads(), model.named_buffers()
+
+
+BN_POOL_SPECS = [("conv2d", {"filters": 3, "kernel_size": 3, "padding": "same", "use_bias": False}), ("batchnorm", {}),
+                 ("relu", {}), ("maxpool2d", {"size": 2}), ("flatten", {}), ("dense", {"units": 4})]
+
+
+@pytest.mark.parametrize("pool", [{"size": 2}, {"size": 3, "stride": 2, "padding": 1}], ids=["tiling", "overlapping"])
+@pytest.mark.parametrize("relu", [True, False], ids=["relu", "no-relu"])
+def test_batchnorm_scale_and_shift_after_the_max_pool_change_no_value_forward_or_backward(pool, relu):
+    """Sequential runs conv-batchnorm-[relu]-maxpool as statistics, pool, scale and shift, relu (float64)."""
+    specs = [spec for spec in BN_POOL_SPECS if relu or spec[0] != "relu"]
+    specs[2 + relu] = ("maxpool2d", pool)
+    rng = np.random.default_rng(1)
+    x, dy = rng.standard_normal((5, 2, 8, 8)), rng.standard_normal((5, 4))
+    fused, plain = (build_model(specs, (2, 8, 8), np.random.default_rng(0)).astype(np.float64) for _ in range(2))
+    for model in fused, plain:  # a scale per channel of 0.5 to 2 and a shift that moves the ReLU's threshold
+        model.layers[1].params["gamma"][:] = [0.5, 1.0, 2.0]
+        model.layers[1].params["beta"][:] = [0.3, -0.2, 0.0]
+    out = fused.forward(x, training=True)
+    assert fused._pooled == {2 + relu: 1}
+    fused.backward(dy)
+    want_out, want_grads, want_buffers = run_layer_by_layer(plain, x, dy)
+    np.testing.assert_allclose(out, want_out, rtol=1e-13, atol=1e-13)
+    for key, g in fused.named_grads().items():
+        np.testing.assert_allclose(g, want_grads[key], rtol=1e-10, atol=1e-12, err_msg=key)
+    for key, b in fused.named_buffers().items():
+        np.testing.assert_array_equal(b, want_buffers[key], err_msg=key)
+
+
+@pytest.mark.parametrize("gamma", [-0.5, 0.0])
+def test_a_batchnorm_with_a_scale_not_above_zero_runs_before_its_max_pool(gamma):
+    """A decreasing or flat channel would pool its minimum or a constant: the layers then run in order."""
+    rng = np.random.default_rng(1)
+    x, dy = rng.standard_normal((5, 2, 8, 8)), rng.standard_normal((5, 4))
+    fused, plain = (build_model(BN_POOL_SPECS, (2, 8, 8), np.random.default_rng(0)).astype(np.float64)
+                    for _ in range(2))
+    for model in fused, plain:
+        model.layers[1].params["gamma"][1] = gamma
+    out = fused.forward(x, training=True)
+    assert fused._pooled == {}
+    fused.backward(dy)
+    want_out, want_grads, _ = run_layer_by_layer(plain, x, dy)
+    np.testing.assert_array_equal(out, want_out)
+    for key, g in fused.named_grads().items():
+        np.testing.assert_array_equal(g, want_grads[key], err_msg=key)
+
+
 def test_a_large_evaluation_batch_is_split_over_the_blas_threads_with_the_same_rows(monkeypatch):
     import threading
 

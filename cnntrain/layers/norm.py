@@ -82,13 +82,23 @@ class BatchNorm(Layer):
     def forward(self, x, training, overwrite=False):
         check_shape(x, self.in_shape, self)
         xm, T = self._rows(x)
-        gamma = self.params["gamma"].astype(x.dtype, copy=False)
-        beta = self.params["beta"].astype(x.dtype, copy=False)
         if not training:
             scale, shift = self.inference_affine(x.dtype)
             y = xm * np.tile(scale, T)
             y += np.tile(shift, T)
             return self._like(y, x)
+        xc, inv_std, m = self._centre(xm, T, x, overwrite)
+        self._cache = (xc, inv_std, m, T, None)
+        gamma, beta = self._affine(x.dtype)
+        y = xc * np.tile(gamma * inv_std, T)  # gamma * xhat + beta, with xhat never stored
+        y += np.tile(beta, T)
+        return self._like(y, x)
+
+    def _affine(self, dtype):
+        return tuple(self.params[k].astype(dtype, copy=False) for k in ("gamma", "beta"))
+
+    def _centre(self, xm, T, x, overwrite):
+        """(x - batch mean as rows, inv_std, values per channel) for a training pass; updates the running statistics."""
         m = len(xm) * T  # values per channel or feature
         reduce = self._reduce
         if self.reducer is not None:
@@ -104,10 +114,32 @@ class BatchNorm(Layer):
         var = reduce(self._product_sums(xc, xc, T)) / x.dtype.type(m)  # biased, as used for normalising
         inv_std = 1 / np.sqrt(var + x.dtype.type(self.eps))
         self._update_running(mean, var * (m / (m - 1)))
-        self._cache = (xc, inv_std, m, T)
-        y = xc * np.tile(gamma * inv_std, T)  # gamma * xhat + beta, with xhat never stored
-        y += np.tile(beta, T)
-        return self._like(y, x)
+        return xc, inv_std, m
+
+    def pools_first(self, x) -> bool:
+        """Whether forward_pooled may stand for a max pool of forward's output: a conv-shaped
+        training batch and every gamma > 0, so that each channel's scale and shift is increasing."""
+        return x.ndim == 4 and bool((self.params["gamma"] > 0).all())
+
+    def forward_pooled(self, x, pool, overwrite=False):
+        """pool.forward(self.forward(x, True)) for a max pool, with the scale and shift after the pool.
+
+        y = a * xc + b with a > 0 per channel is increasing, so the max of a window of y is a times
+        the max of its xc, plus b: the same float32 values (each rounding is monotonic), from a
+        quarter of the multiplies and adds for a 2x2 pool; the gradient goes to the window's first
+        maximum of xc, the same entry unless rounding made y tie where xc does not. Backward
+        (backward_pooled) then takes the sums over the pooled values, where the gradient is.
+        """
+        check_shape(x, self.in_shape, self)
+        xm, T = self._rows(x)
+        xc, inv_std, m = self._centre(xm, T, x, overwrite)
+        pooled = pool.forward(self._like(xc, x), True)  # (N, C, OH, OW) over channels-last memory
+        self._cache = (xc, inv_std, m, T, pooled)
+        gamma, beta = self._affine(x.dtype)
+        pm, P = self._rows(pooled)
+        y = pm * np.tile(gamma * inv_std, P)
+        y += np.tile(beta, P)
+        return self._like(y, pooled)
 
     def inference_affine(self, dtype) -> tuple[np.ndarray, np.ndarray]:
         """(scale, shift) per channel: evaluation is y = x * scale + shift, from the running statistics."""
@@ -128,19 +160,40 @@ class BatchNorm(Layer):
         With xhat = xc * inv_std this is dx = A*dy + B*xc + C per channel, three passes over the batch;
         B*xc goes into the cached xc (needed no more), and with overwrite dx into dy's own memory.
         """
-        xc, inv_std, m, T = self._pop_cache()
+        xc, inv_std, m, T, _ = self._pop_cache()
         dym, _ = self._rows(dy)
-        dbeta = self._channel_sums(dym, T)
-        dgamma = self._product_sums(dym, xc, T) * inv_std
+        a, b, c = self._coefficients(self._channel_sums(dym, T), self._product_sums(dym, xc, T), inv_std, m, dy.dtype)
+        dx = np.multiply(dym, np.tile(a, T), out=dym if overwrite else None)
+        return self._like(self._subtract_stats(dx, xc, b, c, T), dy)
+
+    def backward_pooled(self, dy, pool, overwrite=False):
+        """The backward of forward_pooled: dy is the gradient of its (pooled) output (overwritten
+        with a * dy when overwrite)."""
+        xc, inv_std, m, T, pooled = self._pop_cache()
+        (dym, P), (pm, _) = self._rows(dy), self._rows(pooled)
+        a, b, c = self._coefficients(self._channel_sums(dym, P), self._product_sums(dym, pm, P), inv_std, m, dy.dtype)
+        ady = np.multiply(dym, np.tile(a, P), out=dym if overwrite else None)
+        dx = pool.backward(self._like(ady, dy))  # a * dy, routed to each window's maximum
+        dxm, _ = self._rows(dx)
+        return self._like(self._subtract_stats(dxm, xc, b, c, T), dx)
+
+    def _coefficients(self, dbeta, product_sums, inv_std, m, dtype):
+        """Set the grads from sum(dy) and sum(dy * xc) over these rows; returns the per-channel
+        (A, B, C) of dx = A*dy - B*xc - C, from the sums over the whole batch."""
+        dgamma = product_sums * inv_std
         self.grads["gamma"], self.grads["beta"] = dgamma, dbeta  # this process's rows' share, when data parallel
         if self.reducer is not None:
             dgamma, dbeta = np.split(self._reduce(np.concatenate([dgamma, dbeta])), 2)
-        a = self.params["gamma"].astype(dy.dtype, copy=False) * inv_std
-        dx = np.multiply(dym, np.tile(a, T), out=dym if overwrite else None)
-        xc *= np.tile(a * inv_std * dgamma / dy.dtype.type(m), T)
+        a = self.params["gamma"].astype(dtype, copy=False) * inv_std
+        return a, a * inv_std * dgamma / dtype.type(m), a * dbeta / dtype.type(m)
+
+    @staticmethod
+    def _subtract_stats(dx, xc, b, c, T):
+        """dx - b*xc - c as rows, in dx's memory; xc (needed no more) holds b*xc."""
+        xc *= np.tile(b, T)
         dx -= xc
-        dx -= np.tile(a * dbeta / dy.dtype.type(m), T)
-        return self._like(dx, dy)
+        dx -= np.tile(c, T)
+        return dx
 
     def macs(self):
         """Two per element: normalise, then scale and shift."""

@@ -406,3 +406,22 @@ def test_the_brief_busy_wait_returns_on_a_byte_a_closed_end_or_its_time_limit():
         os.close(r)
         if w is not None:
             os.close(w)
+
+
+def test_the_busy_wait_yields_the_core_at_every_turn(monkeypatch):
+    """Two ranks on one core: the waiting one must let the other run, or each wait burns its time."""
+    import cnntrain.ipc as ipc
+
+    yields = []
+    monkeypatch.setattr(ipc.os, "sched_yield", lambda: yields.append(1))
+    r, w = os.pipe()
+    try:
+        ipc.spin_until_readable(r, seconds=0.02)
+        assert len(yields) > 10  # every poll of the 20 ms that found nothing gave the core away
+        yields.clear()
+        os.write(w, b"1")
+        ipc.spin_until_readable(r, seconds=5)
+        assert yields == []  # a byte already there: no wait, nothing to give away
+    finally:
+        os.close(r)
+        os.close(w)

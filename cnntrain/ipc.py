@@ -27,8 +27,8 @@ def spin_until_readable(fd: int, seconds: float = SPIN_SECONDS) -> None:
 
     Each turn of the loop yields the core (sched_yield): when the scheduler puts two ranks on one
     core (the host took the other away, or other work fills it), a plain spin burns the time the
-    rank it waits for needs, and a mnist_bn_dropout step ran at a quarter of its two-core speed
-    (1,026-1,098 images/s); yielding, at what one core can do (1,904-2,043). With a core each there
+    rank it waits for needs, and mnist_bn_dropout trained at a quarter of its two-core speed
+    (979-1,122 images/s); yielding, at what one core can do (1,904-2,134). With a core each there
     is nobody to yield to and the step is as fast as before.
     """
     poller = select.poll()

@@ -110,10 +110,8 @@ class Sequential:
                     x = layer.forward(following.forward(x, training), training)
                     self._swapped.add(i - 1)
                     i += 1
-                elif owned and getattr(layer, "overwrites", False):
-                    x = layer.forward(x, training, overwrite=True)
                 else:
-                    x = layer.forward(x, training)
+                    x = self._maybe_in_place(layer, "forward", owned, x, training)
                 owned = getattr(layer, "new_output", False)
                 continue
             if hasattr(layer, "forward_scaled") and hasattr(following, "inference_affine"):
@@ -163,11 +161,8 @@ class Sequential:
             elif i - 1 in self._swapped:  # a ReLU that ran after the max pool at i: its backward comes first
                 dy = layer.backward(self.layers[i - 1].backward(dy))
                 i -= 2
-            elif owned and getattr(layer, "overwrites", False):
-                dy = layer.backward(dy, overwrite=True)
-                i -= 1
             else:
-                dy = layer.backward(dy)
+                dy = self._maybe_in_place(layer, "backward", owned, dy)
                 i -= 1
             owned = getattr(layer, "new_grad", False)
         first = self.layers[0]

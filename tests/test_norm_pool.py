@@ -291,6 +291,18 @@ def test_evaluation_applies_an_activation_in_place_only_on_a_new_array():
     np.testing.assert_array_equal(x, x_before)  # the first relu gets the caller's array: never in place
 
 
+def run_layer_by_layer(model, x, dy):
+    """Training forward and backward of model's layers one after another, in their order: (output, grads, buffers)."""
+    h = x
+    for layer in model.layers:
+        h = layer.forward(h, True)
+    d = dy
+    for layer in reversed(model.layers[1:]):
+        d = layer.backward(d)
+    model.layers[0].backward_params(d)
+    return h, model.named_grads(), model.named_buffers()
+
+
 @pytest.mark.parametrize("pool", [{"size": 2}, {"size": 3, "stride": 2, "padding": 1}], ids=["tiling", "overlapping"])
 def test_relu_run_after_its_max_pool_changes_no_bit_forward_or_backward(pool):
     """Sequential runs conv-relu-maxpool as conv-maxpool-relu in training; ties, zeros and negatives included."""
@@ -307,28 +319,10 @@ def test_relu_run_after_its_max_pool_changes_no_bit_forward_or_backward(pool):
     assert model._swapped == {1}
     model.backward(dy)
     got = {k: g.copy() for k, g in model.named_grads().items()}
-    h = x  # the same layers, one after another in their order
-    for layer in model.layers:
-        h = layer.forward(h, True)
+    h, grads, _ = run_layer_by_layer(model, x, dy)  # the same layers, one after another in their order
     np.testing.assert_array_equal(out, h)
-    d = dy
-    for layer in reversed(model.layers[1:]):
-        d = layer.backward(d)
-    model.layers[0].backward_params(d)
-    for key, g in model.named_grads().items():
+    for key, g in grads.items():
         np.testing.assert_array_equal(got[key], g, err_msg=key)
-
-
-def run_layer_by_layer(model, x, dy):
-    """Training forward and backward of model's layers one after another, in their order: (output, grads, buffers)."""
-    h = x
-    for layer in model.layers:
-        h = layer.forward(h, True)
-    d = dy
-    for layer in reversed(model.layers[1:]):
-        d = layer.backward(d)
-    model.layers[0].backward_params(d)
-    return h, model.named_grads(), model.named_buffers()
 
 
 BN_POOL_SPECS = [("conv2d", {"filters": 3, "kernel_size": 3, "padding": "same", "use_bias": False}), ("batchnorm", {}),

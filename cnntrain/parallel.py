@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import RunError
-from .ipc import Reducer, layout, shared_block, spin_until_readable, views
+from .ipc import Channel, Reducer, channel_lines, layout, shared_block, views
 from .share import batchnorms, compute_share, dropouts
 from .threads import blas_threads, set_blas_threads
 from .train import accumulate_chunks, batch_gradients
@@ -91,7 +91,7 @@ class DataParallel:
         self.model, self.loss, self.workers, self.rows, self.threads = model, loss, workers, rows, threads
         self.budget = budget or (lambda: workers)
         self.procs, self.conns = [], []
-        self.up, self.down = [None], [None]  # pipe ends to ranks 1.. (index = rank)
+        self.up, self.down = [None], [None]  # Channels from and to ranks 1.. (index = rank)
         self.arrays = None
 
     # --- lifecycle ---
@@ -113,7 +113,9 @@ class DataParallel:
         dtype = next(iter(params.values())).dtype if params else x.dtype
         width = 2 * max([layer.in_shape[0] for layer in batchnorms(self.model)] or [1])
         specs = {"x": ((B,) + x.shape[1:], x.dtype), "y": ((B,) + y.shape[1:], y.dtype),
-                 "slots": ((W, width), dtype), "results": ((2, width), dtype)}
+                 "slots": ((W, width), dtype), "results": ((2, width), dtype), "channels": channel_lines(W),
+                 # a step for each rank (n, start, stop, BLAS threads, the dropout seeds) and its reply (loss, correct)
+                 "steps": ((W, 4 + len(dropouts(self.model))), np.int64), "replies": ((W, 2), np.float64)}
         specs.update({f"param/{k}": (p.shape, p.dtype) for k, p in params.items()})
         specs.update({f"grad{r}/{k}": (p.shape, p.dtype) for r in range(1, W) for k, p in params.items()})
         shm_fd, self.block = shared_block(layout(specs)[1])
@@ -133,8 +135,8 @@ class DataParallel:
                     os.close(fd)
                 there.close()
                 conn = Connection(here.detach())
-                self.up.append(up_r)
-                self.down.append(down_w)
+                self.up.append(Channel(self.arrays["channels"][rank, 0], up_r, sender=False))
+                self.down.append(Channel(self.arrays["channels"][rank, 1], down_w, sender=True))
                 self.procs.append(proc)
                 self.conns.append(conn)
                 try:
@@ -145,22 +147,23 @@ class DataParallel:
             os.close(shm_fd)
         self.reducer = Reducer(0, self.arrays["slots"], self.arrays["results"], self.up, self.down, self._failure)
         for rank in range(1, W):  # each says "ready" once it has the network and the shared memory
-            self._reply(rank)
+            try:
+                _check_reply(rank, self.conns[rank - 1].recv())
+            except (EOFError, OSError):
+                raise self._failure(rank) from None
 
     def close(self) -> None:
         """Stop the worker processes (they also stop by themselves when this process dies).
 
-        Closing the pipes first ends a worker wherever it waits: for the next step, or inside a
-        batchnorm sum of a step that failed here.
+        Signalling a stop on every channel to the workers first ends a worker wherever it waits:
+        for the next step, or inside a batchnorm sum of a step that failed here.
         """
+        for down in self.down[1:]:
+            down.ring(failed=True)
         for conn in self.conns:
-            try:
-                conn.send(None)
-            except OSError:
-                pass
             conn.close()
-        for fd in self.up[1:] + self.down[1:]:
-            os.close(fd)
+        for channel in self.up[1:] + self.down[1:]:
+            os.close(channel.fd)
         for proc in self.procs:
             try:
                 proc.wait(timeout=5)
@@ -192,13 +195,12 @@ class DataParallel:
         return RunError(f"data parallel worker {rank} stopped (exit code {code}); "
                         "set train.workers: 1 to train in one process")
 
-    def _reply(self, rank: int):
-        spin_until_readable(self.conns[rank - 1].fileno())
-        try:
-            message = self.conns[rank - 1].recv()
-        except (EOFError, OSError):
-            raise self._failure(rank) from None
-        return _check_reply(rank, message)
+    def _reply(self, rank: int) -> tuple[float, int]:
+        """Rank's (share loss, correct predictions) for this step, once it signals them."""
+        if not self.up[rank].wait():
+            raise self._failure(rank)
+        loss, correct = self.arrays["replies"][rank]
+        return float(loss), int(correct)
 
     # --- one step ---
     def __call__(self, model, loss, x_u8, y, transform, chunk_size: int):
@@ -232,11 +234,9 @@ class DataParallel:
         own = blas_threads()
         if own != threads:
             set_blas_threads(threads)  # the run's other threads are the workers' now; back after this share
-        for rank, conn in enumerate(self.conns, start=1):
-            try:
-                conn.send((n, bounds[rank], bounds[rank + 1], seeds, threads))
-            except OSError:
-                raise self._failure(rank) from None
+        for rank in range(1, W):
+            arrays["steps"][rank] = [n, bounds[rank], bounds[rank + 1], threads, *seeds]
+            self.down[rank].ring()
         try:
             share_loss, correct = compute_share(model, loss, self.reducer, seeds, n, 0, bounds[1], x, y)
         finally:

@@ -18,7 +18,7 @@ from multiprocessing.connection import Connection
 
 import numpy as np
 
-from .ipc import SPIN_SECONDS, Reducer, spin_until_readable, views
+from .ipc import SPIN_SECONDS, Channel, Reducer, views
 from .memory import keep_freed_memory
 from .threads import set_blas_threads
 
@@ -74,6 +74,8 @@ def worker(rank: int, workers: int, shm_fd: int, up: int, down: int, conn_fd: in
     for i, layer in enumerate(model.layers):
         for key in layer.params:
             layer.params[key] = arrays[f"param/layers.{i}.{key}"]
+    up = Channel(arrays["channels"][rank, 0], up, sender=True)
+    down = Channel(arrays["channels"][rank, 1], down, sender=False)
     ups, downs = [None] * workers, [None] * workers
     ups[rank], downs[rank] = up, down
     reducer = Reducer(rank, arrays["slots"], arrays["results"], ups, downs)
@@ -82,31 +84,30 @@ def worker(rank: int, workers: int, shm_fd: int, up: int, down: int, conn_fd: in
     replied = None  # when this rank last replied
     spin = True
     while True:
-        if spin:  # the next step may come within a ms: a sleeping process takes 0.05-0.15 ms to wake
-            spin_until_readable(conn_fd)
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):
-            return
+        # the next step may come within a ms: a sleeping process takes 0.05-0.15 ms to wake
+        if not down.wait(SPIN_SECONDS if spin else 0):
+            return  # rank 0 stopped this worker, or is gone
         if replied is not None:
             # between steps rank 0 adds the gradients and runs the optimizer, maybe on all the cores:
             # when that took longer than a spin, spinning again would only take a core from it
             spin = time.perf_counter() - replied < SPIN_SECONDS
-        if message is None:
-            return
-        n, start, stop, seeds, want = message
+        n, start, stop, want, *seeds = map(int, arrays["steps"][rank])
         try:
             if want != current:
                 set_blas_threads(want)
                 current = want
-            reply = compute_share(model, loss, reducer, seeds, n, start, stop, arrays["x"][start:], arrays["y"][start:])
+            loss_value, correct = compute_share(model, loss, reducer, seeds, n, start, stop, arrays["x"][start:],
+                                                arrays["y"][start:])
             for name, g in model.named_grads().items():
                 np.copyto(arrays[f"grad{rank}/{name}"], g)
+        except SystemExit:
+            return  # stopped inside a batchnorm sum
         except Exception as exc:  # reported to rank 0, which raises it as a RunError
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
-            os.write(up, Reducer.FAILED)  # in case rank 0 waits for this rank's batchnorm sums
+            up.ring(failed=True)  # rank 0 may be waiting for this rank's batchnorm sums or reply
             return
-        conn.send(reply)
+        arrays["replies"][rank] = (loss_value, correct)
+        up.ring()
         replied = time.perf_counter()
 
 

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -385,30 +386,101 @@ def _pgid(proc: Path) -> int | None:
         return None
 
 
-def test_the_brief_busy_wait_returns_on_a_byte_a_closed_end_or_its_time_limit():
-    from cnntrain.ipc import spin_until_readable
+def _channel_pair(fds):
+    """A sender's and a receiver's Channel over one pair of shared lines and one pipe."""
+    from cnntrain.ipc import LINE, Channel
+
+    lines = np.zeros((2, LINE), dtype=np.int64)
+    return Channel(lines, fds[1], sender=True), Channel(lines, fds[0], sender=False)
+
+
+def _later(seconds, action):
+    timer = threading.Timer(seconds, action)
+    timer.start()
+    return timer
+
+
+def test_a_signal_passes_in_shared_memory_while_the_receiver_spins_and_by_pipe_once_it_sleeps(monkeypatch):
+    import cnntrain.ipc as ipc
 
     r, w = os.pipe()
     try:
+        sender, receiver = _channel_pair((r, w))
+        sender.ring()
+        sender.ring()
+        syscalls = []
+        monkeypatch.setattr(ipc.os, "read", lambda *a: syscalls.append(a))
+        assert receiver.wait() and receiver.wait()  # both came, in order, with no read of the pipe
+        assert syscalls == [] and os.get_blocking(r)
+        monkeypatch.undo()
         started = time.perf_counter()
-        spin_until_readable(r, seconds=0.05)  # nothing to read: gives up after its limit
-        assert 0.05 <= time.perf_counter() - started < 1
-        os.write(w, b"1")
-        started = time.perf_counter()
-        spin_until_readable(r, seconds=5)
-        assert time.perf_counter() - started < 1 and os.read(r, 1) == b"1"
+        timer = _later(0.1, sender.ring)  # long after the 10 ms spin: the receiver sleeps on the pipe
+        try:
+            assert receiver.wait(seconds=0.01)
+        finally:
+            timer.join()
+        assert 0.1 <= time.perf_counter() - started < 1
+        assert receiver.asleep[0] == 0  # awake again: the next ring writes no byte
+        sender.ring()
+        assert receiver.wait()
+    finally:
+        os.close(r)
         os.close(w)
+
+
+def test_a_sleeping_receiver_sees_a_signal_whose_byte_was_never_written():
+    """The sender may read the asleep mark before the receiver's write of it shows: no byte then,
+    and the receiver's periodic look at the count still finds the signal."""
+    r, w = os.pipe()
+    results = []
+    try:
+        sender, receiver = _channel_pair((r, w))
+
+        def ring_without_byte():
+            sender.sent[0] += 1
+
+        timer = _later(0.05, ring_without_byte)
+        waiter = threading.Thread(target=lambda: results.append(receiver.wait(seconds=0)), daemon=True)
+        waiter.start()
+        waiter.join(timeout=2)  # a lost signal would wait forever: not inside the test run
+        timer.join()
+        assert results == [True]
+    finally:
+        if not results:
+            sender.ring(failed=True)  # let the stuck waiter go before its pipe closes
+            waiter.join(timeout=2)
+        os.close(r)
+        os.close(w)
+
+
+def test_a_failed_or_dead_sender_ends_the_wait_with_false():
+    r, w = os.pipe()
+    try:
+        sender, receiver = _channel_pair((r, w))
+        sender.ring(failed=True)
+        assert not receiver.wait()  # spinning
+        sender2, receiver2 = _channel_pair((r, w))
+        timer = _later(0.05, lambda: sender2.ring(failed=True))
+        try:
+            assert not receiver2.wait(seconds=0)  # asleep: the failure's byte wakes it
+        finally:
+            timer.join()
+        _, receiver3 = _channel_pair((r, w))
+        timer = _later(0.05, lambda fd=w: os.close(fd))  # the sender's process ended: its end of the pipe closes
         w = None
         started = time.perf_counter()
-        spin_until_readable(r, seconds=5)  # the other end closed: a read would return at once
-        assert time.perf_counter() - started < 1 and os.read(r, 1) == b""
+        try:
+            assert not receiver3.wait(seconds=0.01)
+        finally:
+            timer.join()
+        assert time.perf_counter() - started < 1
     finally:
         os.close(r)
         if w is not None:
             os.close(w)
 
 
-def test_the_busy_wait_yields_the_core_at_every_turn(monkeypatch):
+def test_the_spinning_receiver_yields_the_core_at_every_turn(monkeypatch):
     """Two ranks on one core: the waiting one must let the other run, or each wait burns its time."""
     import cnntrain.ipc as ipc
 
@@ -416,12 +488,17 @@ def test_the_busy_wait_yields_the_core_at_every_turn(monkeypatch):
     monkeypatch.setattr(ipc.os, "sched_yield", lambda: yields.append(1))
     r, w = os.pipe()
     try:
-        ipc.spin_until_readable(r, seconds=0.02)
-        assert len(yields) > 10  # every poll of the 20 ms that found nothing gave the core away
+        sender, receiver = _channel_pair((r, w))
+        timer = _later(0.03, sender.ring)
+        try:
+            assert receiver.wait(seconds=0.02)
+        finally:
+            timer.join()
+        assert len(yields) > 10  # every look of the 20 ms spin that found nothing gave the core away
         yields.clear()
-        os.write(w, b"1")
-        ipc.spin_until_readable(r, seconds=5)
-        assert yields == []  # a byte already there: no wait, nothing to give away
+        sender.ring()
+        assert receiver.wait()
+        assert yields == []  # the signal already there: no wait, nothing to give away
     finally:
         os.close(r)
         os.close(w)

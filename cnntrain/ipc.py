@@ -39,11 +39,12 @@ class Channel:
     at what one core can do (1,904-2,134).
     """
 
-    def __init__(self, lines: np.ndarray, fd: int, sender: bool):
+    def __init__(self, lines: np.ndarray, fd: int):
         """lines: a (2, LINE) int64 view of shared memory, zeros at first: the count and the failure
-        flag (written by the sender), the asleep mark (written by the receiver). fd: the pipe's end."""
+        flag (written by the sender), the asleep mark (written by the receiver). fd: this process's
+        end of the pipe (the write end for the sender, the read end for the receiver)."""
         self.sent, self.asleep = lines[0], lines[1]
-        self.fd, self.sender, self.seen = fd, sender, 0
+        self.fd, self.seen = fd, 0
 
     def ring(self, failed: bool = False) -> None:
         if failed:

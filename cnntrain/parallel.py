@@ -135,8 +135,8 @@ class DataParallel:
                     os.close(fd)
                 there.close()
                 conn = Connection(here.detach())
-                self.up.append(Channel(self.arrays["channels"][rank, 0], up_r, sender=False))
-                self.down.append(Channel(self.arrays["channels"][rank, 1], down_w, sender=True))
+                self.up.append(Channel(self.arrays["channels"][rank, 0], up_r))
+                self.down.append(Channel(self.arrays["channels"][rank, 1], down_w))
                 self.procs.append(proc)
                 self.conns.append(conn)
                 try:

@@ -74,8 +74,8 @@ def worker(rank: int, workers: int, shm_fd: int, up: int, down: int, conn_fd: in
     for i, layer in enumerate(model.layers):
         for key in layer.params:
             layer.params[key] = arrays[f"param/layers.{i}.{key}"]
-    up = Channel(arrays["channels"][rank, 0], up, sender=True)
-    down = Channel(arrays["channels"][rank, 1], down, sender=False)
+    up = Channel(arrays["channels"][rank, 0], up)
+    down = Channel(arrays["channels"][rank, 1], down)
     ups, downs = [None] * workers, [None] * workers
     ups[rank], downs[rank] = up, down
     reducer = Reducer(rank, arrays["slots"], arrays["results"], ups, downs)
@@ -100,8 +100,6 @@ def worker(rank: int, workers: int, shm_fd: int, up: int, down: int, conn_fd: in
                                                 arrays["y"][start:])
             for name, g in model.named_grads().items():
                 np.copyto(arrays[f"grad{rank}/{name}"], g)
-        except SystemExit:
-            return  # stopped inside a batchnorm sum
         except Exception as exc:  # reported to rank 0, which raises it as a RunError
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
             up.ring(failed=True)  # rank 0 may be waiting for this rank's batchnorm sums or reply

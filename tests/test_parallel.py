@@ -391,7 +391,7 @@ def _channel_pair(fds):
     from cnntrain.ipc import LINE, Channel
 
     lines = np.zeros((2, LINE), dtype=np.int64)
-    return Channel(lines, fds[1], sender=True), Channel(lines, fds[0], sender=False)
+    return Channel(lines, fds[1]), Channel(lines, fds[0])
 
 
 def _later(seconds, action):

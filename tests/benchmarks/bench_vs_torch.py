@@ -118,7 +118,8 @@ def run_worker(framework: str, spec: dict, data: str, steps: int, warmup: int, t
     # glibc's mmap and trim thresholds, so its step's tensors stop being fresh, zero-filled pages (the
     # same speed-up as MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ set before it starts); cnntrain
     # raises them itself at start (memory.keep_freed_memory), so both columns are the same for it.
-    return {"train": first, "train_after_eval": train_images_per_second(), "infer": INFER_BATCH / statistics.median(times)}
+    after_eval = train_images_per_second()
+    return {"train": first, "train_after_eval": after_eval, "infer": INFER_BATCH / statistics.median(times)}
 
 
 def cnntrain_runner(spec, train, infer):
@@ -292,6 +293,7 @@ def main() -> None:
                   f"| {ratio['train_after_eval']:.2f}x | {med['gemm', 'train']:,.0f} "
                   f"| {med['gemm', 'train'] / med['torch', 'train']:.2f}x | {med['cnntrain', 'infer']:,.0f} "
                   f"| {med['torch', 'infer']:,.0f} | {ratio['infer']:.2f}x |", flush=True)
+
 
 if __name__ == "__main__":
     main()

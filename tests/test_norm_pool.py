@@ -352,6 +352,35 @@ def test_batchnorm_scale_and_shift_after_the_max_pool_change_no_value_forward_or
         np.testing.assert_array_equal(b, want_buffers[key], err_msg=key)
 
 
+@pytest.mark.parametrize("filters,use_bias,path", [(8, False, "weight_grad"), (8, True, "weight_grad"),
+                                                    (3, False, "dense")], ids=["im2col", "im2col-bias", "banded"])
+def test_a_first_conv_takes_its_pooled_batchnorms_gradient_in_parts(monkeypatch, filters, use_bias, path):
+    """conv-batchnorm-relu-maxpool first: the conv's weight gradient comes from the pool's parts and the
+    batchnorm's affine term (im2col), or from dx built from them (other kernels); values as layer by layer."""
+    from cnntrain.layers import channels_last
+
+    specs = [("conv2d", {"filters": filters, "kernel_size": 3, "padding": "same", "use_bias": use_bias})]
+    specs += BN_POOL_SPECS[1:]
+    rng = np.random.default_rng(1)
+    x, dy = np.round(rng.standard_normal((5, 1, 8, 8)), 1), rng.standard_normal((5, 4))  # coarse: ties
+    x[0] = 0.0  # whole windows of equal values
+    fused, plain = (build_model(specs, (1, 8, 8), np.random.default_rng(0)).astype(np.float64) for _ in range(2))
+    used = []
+    for method in ("weight_grad", "dense"):
+        original = getattr(channels_last.PooledGrad, method)
+        monkeypatch.setattr(channels_last.PooledGrad, method,
+                            lambda self, *a, _m=method, _f=original: used.append(_m) or _f(self, *a))
+    fused.forward(x, training=True)
+    fused.backward(dy)
+    assert used == [path]
+    _, want_grads, _ = run_layer_by_layer(plain, x, dy)
+    for key, g in fused.named_grads().items():
+        np.testing.assert_allclose(g, want_grads[key], rtol=1e-10, atol=1e-12, err_msg=key)
+    used.clear()
+    fused.forward(x, training=True)
+    assert fused.backward(dy, input_grad=True).shape == x.shape and used == []  # dx wanted: no parts
+
+
 @pytest.mark.parametrize("gamma", [-0.5, 0.0])
 def test_a_batchnorm_with_a_scale_not_above_zero_runs_before_its_max_pool(gamma):
     """A decreasing or flat channel would pool its minimum or a constant: the layers then run in order."""

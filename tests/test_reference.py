@@ -439,6 +439,37 @@ def test_tiling_maxpool_backward_runs_over_rows_without_ties_and_hands_ties_to_t
     assert channels_last.tiling_maxpool_backward_nhwc(xp, y, dy, (2, 2)) is None
 
 
+@pytest.mark.parametrize("channels", [1, 5], ids=["transposed-columns", "columns"])
+@pytest.mark.parametrize("affine", [False, True], ids=["routed", "routed-less-affine"])
+def test_pooled_grad_parts_give_the_pools_gradient_and_the_convs_weight_gradient(channels, affine):
+    """A conv's (im2col) output max-pooled: PooledGrad's dx is the pool's, with ties, and its weight
+    gradient the reference loops', over several column blocks, also less a batchnorm's affine term."""
+    rng = np.random.default_rng(0)
+    conv, (F, H, W) = make("conv2d", {"filters": 4, "kernel_size": 3, "padding": 1}, (channels, 6, 8), rng)
+    x = sample(rng, (3, channels, 6, 8), ties=True)
+    xp = channels_last.pad_nhwc(channels_last.nhwc(x), conv.pads)
+    Wm = conv.params["W"].transpose(2, 3, 1, 0).reshape(-1, F)
+    ym, blocks = channels_last.conv_forward_nhwc(xp, Wm, (3, 3), (1, 1), (1, 1), (H, W), keep=True)
+    assert len(blocks) == 1
+    # three blocks of one image each, as CHUNK_BYTES makes them for large images
+    blocks = [blocks[0][k * H * W : (k + 1) * H * W] for k in range(3)]
+    y = ym.reshape(3, H, W, F)
+    y[0, :2, :2] = 0.5  # a window of four equal maxima in every channel
+    pooled = channels_last.maxpool_nhwc(y, (2, 2), (2, 2), (H // 2, W // 2))
+    dy = rng.standard_normal(pooled.shape)
+    grad = channels_last.maxpool_backward_parts_nhwc(y, pooled, dy, (2, 2))
+    routed = channels_last.maxpool_backward_nhwc(y, pooled, dy, (2, 2), (2, 2))
+    if affine:
+        other, scale, shift = rng.standard_normal(y.shape), rng.standard_normal(F), rng.standard_normal(F)
+        grad.affine = (other, scale, shift)
+        routed = routed - other * scale - shift
+    np.testing.assert_array_equal(grad.dense(), routed)
+    dW, sums = grad.weight_grad(blocks, 9 * channels)
+    _, want_dW, want_db = ref.conv2d_backward(channels_last.nchw(routed), x, conv.params["W"], (1, 1), conv.pads, (1, 1))
+    assert_close(dW.reshape(3, 3, channels, F).transpose(3, 2, 0, 1), want_dW, "dW")
+    assert_close(sums, want_db, "db")
+
+
 def test_maxpool_tries_the_row_wise_gradient_again_a_while_after_a_tie(monkeypatch):
     from cnntrain.layers import pool
 

@@ -124,6 +124,76 @@ def maxpool_backward_nhwc(xp: np.ndarray, y: np.ndarray, dy: np.ndarray, kernel,
     return dxp
 
 
+class PooledGrad:
+    """The gradient of a tiling max pool's (N, H, W, C) input, not assembled: dy routed to each
+    window's first maximum, one (N, OH, OW, C) array per kernel offset (zero where that offset did
+    not win), less a per-channel affine of another array when `affine` = (other, scale, shift):
+    dx = routed - scale * other - shift (a batchnorm's backward, BatchNorm.backward_pooled).
+
+    A first convolution, whose input needs no gradient, takes its weight gradient from the parts
+    (weight_grad) and never builds dx: the parts are a quarter of dx each and contiguous, where
+    dx would be written through strided windows and read again, and the affine term costs one
+    product with the column matrix instead of three passes over dx. dense() builds dx for any
+    other use. reference.py's loops check both through the layers.
+    """
+
+    def __init__(self, parts: list, kernel, shape, affine=None):
+        self.parts, self.kernel, self.shape, self.affine = parts, tuple(kernel), tuple(shape), affine
+
+    def dense(self) -> np.ndarray:
+        """dx as an (N, H, W, C) array."""
+        dx = np.empty(self.shape, dtype=self.parts[0].dtype)  # the windows tile it: each entry written once
+        for view, part in zip(_offset_views(dx, self.kernel, self.kernel, self.parts[0].shape[1:3]), self.parts):
+            view[...] = part
+        if self.affine is not None:
+            other, scale, shift = self.affine
+            rows = dx.reshape(-1, self.shape[3])
+            rows -= other.reshape(rows.shape) * scale
+            rows -= shift
+        return dx
+
+    def weight_grad(self, blocks, kernel_values: int) -> tuple[np.ndarray, np.ndarray]:
+        """(cols^T dx, column sums of dx) for the im2col column blocks of the layer whose output dx is
+        the gradient of: (K, C) and (C,), K = kernel_values (KH*KW*input channels); blocks hold the
+        rows (n, h, w) of consecutive images, as conv_forward_nhwc keeps them."""
+        (KH, KW), (N, H, W, C) = self.kernel, self.shape
+        dW = np.zeros((kernel_values, C), dtype=self.parts[0].dtype)
+        start = 0
+        for cols in blocks:
+            n = len(cols) // (H * W)
+            images = cols.reshape(n, H, W, kernel_values)  # a view, also of im2col's transposed layout
+            for (i, j), part in zip(np.ndindex(KH, KW), self.parts):
+                dW += np.tensordot(images[:, i::KH, j::KW], part[start : start + n], axes=([0, 1, 2], [0, 1, 2]))
+            if self.affine is not None:
+                other, scale, _ = self.affine
+                dW -= (cols.T @ other.reshape(N * H * W, C)[start * H * W : (start + n) * H * W]) * scale
+            start += n
+        sums = sum(column_sums(part.reshape(-1, C)) for part in self.parts)
+        if self.affine is not None:
+            other, scale, shift = self.affine
+            shift_sums = sum(column_sums(cols) for cols in blocks)
+            dW -= np.outer(shift_sums, shift)
+            sums = sums - scale * column_sums(other.reshape(-1, C)) - shift * (N * H * W)
+        return dW, sums
+
+
+def maxpool_backward_parts_nhwc(xp: np.ndarray, y: np.ndarray, dy: np.ndarray, kernel) -> PooledGrad:
+    """maxpool_backward_nhwc for windows that tile xp, kept as its parts (PooledGrad): the same
+    first maxima, each offset's share of dy in an array of its own."""
+    taken, parts = None, []
+    last = kernel[0] * kernel[1] - 1
+    for k, view in enumerate(_offset_views(xp, kernel, kernel, y.shape[1:3])):
+        hit = view == y
+        if taken is None:
+            taken = hit
+        else:
+            np.greater(hit, taken, out=hit)  # hit and not taken
+            if k < last:
+                taken |= hit
+        parts.append(np.multiply(dy, hit))
+    return PooledGrad(parts, kernel, xp.shape)
+
+
 def tiling_maxpool_backward_nhwc(xp: np.ndarray, y: np.ndarray, dy: np.ndarray, kernel):
     """maxpool_backward_nhwc for windows that tile xp, over whole image rows; None where it would differ.
 

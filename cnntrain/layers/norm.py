@@ -166,14 +166,20 @@ class BatchNorm(Layer):
         dx = np.multiply(dym, np.tile(a, T), out=dym if overwrite else None)
         return self._like(self._subtract_stats(dx, xc, b, c, T), dy)
 
-    def backward_pooled(self, dy, pool, overwrite=False):
+    def backward_pooled(self, dy, pool, overwrite=False, parts=False):
         """The backward of forward_pooled: dy is the gradient of its (pooled) output (overwritten
-        with a * dy when overwrite)."""
+        with a * dy when overwrite). With parts, where the pool's windows tile its input, dx comes
+        as a channels_last.PooledGrad (the routed a * dy less b * xc + c), for a first convolution's
+        weight gradient, which then never needs dx itself."""
         xc, inv_std, m, T, pooled = self._pop_cache()
         (dym, P), (pm, _) = self._rows(dy), self._rows(pooled)
         a, b, c = self._coefficients(self._channel_sums(dym, P), self._product_sums(dym, pm, P), inv_std, m, dy.dtype)
-        ady = np.multiply(dym, np.tile(a, P), out=dym if overwrite else None)
-        dx = pool.backward(self._like(ady, dy))  # a * dy, routed to each window's maximum
+        ady = self._like(np.multiply(dym, np.tile(a, P), out=dym if overwrite else None), dy)
+        routed = pool.backward_parts(ady) if parts else None
+        if routed is not None:
+            routed.affine = (xc, b, c)
+            return routed
+        dx = pool.backward(ady)  # a * dy, routed to each window's maximum
         dxm, _ = self._rows(dx)
         return self._like(self._subtract_stats(dxm, xc, b, c, T), dx)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..registry import LAYERS
-from .channels_last import (maxpool_backward_nhwc, maxpool_nhwc, nchw, nhwc, pad_nhwc, tiling_maxpool_backward_nhwc,
-                             windows_tile)
+from .channels_last import (PooledGrad, maxpool_backward_nhwc, maxpool_backward_parts_nhwc, maxpool_nhwc, nchw, nhwc,
+                             pad_nhwc, tiling_maxpool_backward_nhwc, windows_tile)
 
 ROWS_RETRY = 100  # max-pool backward passes between tries of the row-wise gradient after a tie
 from .geometry import out_size, pad, resolve_padding, unpad
@@ -95,6 +95,15 @@ class MaxPool2D(_Pool2D):
         (t, _), (l, _) = self.pads
         H, W = self.in_shape[1:]
         return nchw(dxp[:, t : t + H, l : l + W])
+
+    def backward_parts(self, dy) -> PooledGrad | None:
+        """backward's gradient as a PooledGrad, one array per window offset, where the windows tile
+        the unpadded input; else None, and backward is still to be called."""
+        xp, y = self._pop_cache()
+        if any(self.pads[0] + self.pads[1]) or not windows_tile(xp.shape, y.shape, self.size, self.stride):
+            self._cache = (xp, y)
+            return None
+        return maxpool_backward_parts_nhwc(xp, y, nhwc(dy), self.size)
 
 
 @LAYERS.register("avgpool2d")

@@ -235,6 +235,26 @@ def spawn(python: str, framework: str, spec: dict, data: Path, args) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def cpu_times() -> list[int] | None:
+    """The machine's CPU time counters (/proc/stat's `cpu` line: user, nice, system, idle, iowait, irq,
+    softirq, steal, ...), or None where there is no /proc/stat."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            return [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+
+
+def stolen_share(before: list[int] | None, after: list[int] | None) -> float | None:
+    """The share of CPU time a virtual machine's host gave to others between two cpu_times() (its
+    `steal` field), or None where it is not known. On a busy shared host it runs at 10-25%, and
+    every figure of the run is slower and noisier for it."""
+    if not before or not after or len(before) < 8 or len(after) < 8:
+        return None
+    total = sum(after[:8]) - sum(before[:8])  # guest time is already counted in user and nice
+    return (after[7] - before[7]) / total if total > 0 else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--torch-python", default=str(REPO / ".venv-torch" / "bin" / "python"),
@@ -273,6 +293,7 @@ def main() -> None:
             specs[name], data[name] = network_spec(name), Path(tmp) / f"{name}.npz"
             write_data(data[name], specs[name]["input_shape"])
         results = {name: {fw: [] for fw in pythons} for name in names}
+        started = cpu_times()
         # rounds outermost: each network's rounds are spread over the whole run, so a busy minute on a
         # shared machine costs every network one round rather than one network all of its rounds
         for r in range(args.rounds):
@@ -293,6 +314,9 @@ def main() -> None:
                   f"| {ratio['train_after_eval']:.2f}x | {med['gemm', 'train']:,.0f} "
                   f"| {med['gemm', 'train'] / med['torch', 'train']:.2f}x | {med['cnntrain', 'infer']:,.0f} "
                   f"| {med['torch', 'infer']:,.0f} | {ratio['infer']:.2f}x |", flush=True)
+        stolen = stolen_share(started, cpu_times())
+        if stolen is not None:
+            print(f"\nCPU time taken by the virtual machine's host for others during the run (steal): {stolen:.1%}")
 
 
 if __name__ == "__main__":

@@ -98,8 +98,10 @@ def test_packed_state_survives_a_checkpoint_round_trip(name, kwargs):
         np.testing.assert_array_equal(got_state[k], want_state[k], err_msg=k)
 
 
-def test_packed_updates_in_pieces_on_threads_give_the_same_bits(monkeypatch):
-    monkeypatch.setattr(optimizers, "THREADED_MIN", 8)  # every run of the small model goes in pieces
+@pytest.mark.parametrize("block", [8, 5])
+def test_packed_updates_in_pieces_on_threads_give_the_same_bits(monkeypatch, block):
+    monkeypatch.setattr(optimizers, "THREADED_MIN", 8)  # every run of the small model goes in pieces,
+    monkeypatch.setattr(optimizers, "BLOCK", block)  # each a few blocks, some ending short
     want_params, want_state = run("adam", {"weight_decay": 0.1}, packed=False)
     got_params, got_state = run("adam", {"weight_decay": 0.1}, packed=True, threads=2)
     for k in want_params:

@@ -286,13 +286,16 @@ def test_bad_hyperparameters_of_each_rule_are_rejected(name, kwargs, match):
 
 
 @pytest.mark.parametrize("name", ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"])
-def test_threaded_updates_of_large_parameters_are_bit_identical(name):
-    from cnntrain.optim.optimizers import THREADED_MIN
+def test_blocked_and_threaded_updates_of_large_parameters_are_bit_identical(monkeypatch, name):
+    """Whole parameters on one thread, against blocks (one ending short) on one thread and on three."""
+    from cnntrain.optim import optimizers
 
     rng = np.random.default_rng(0)
-    shapes = {"layers.0.W": (THREADED_MIN + 7,), "layers.0.b": (5,), "layers.1.W": (700, 300)}
+    shapes = {"layers.0.W": (5000 + 7,), "layers.0.b": (5,), "layers.1.W": (40, 30)}
     results = []
-    for threads in (1, 3):
+    for threads, block in ((1, 10**9), (1, 1000), (3, 1000)):
+        monkeypatch.setattr(optimizers, "BLOCK", block)
+        monkeypatch.setattr(optimizers, "THREADED_MIN", 2000)  # layers.0.W in pieces, layers.1.W in blocks
         opt = OPTIMIZERS.create(name, {"lr": 0.01, "weight_decay": 0.01})
         opt.threads = threads
         params = {k: np.random.default_rng(1).standard_normal(s).astype(np.float32) for k, s in shapes.items()}
@@ -300,9 +303,10 @@ def test_threaded_updates_of_large_parameters_are_bit_identical(name):
             opt.step(params, {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}, 0.01)
         results.append((params, opt.state_dict()))
         rng = np.random.default_rng(0)
-    (p1, s1), (p3, s3) = results
-    for key in p1:
-        np.testing.assert_array_equal(p3[key], p1[key], err_msg=key)
-    assert set(s1) == set(s3)
-    for key in s1:
-        np.testing.assert_array_equal(s3[key], s1[key], err_msg=key)
+    (p1, s1), *others = results
+    for p3, s3 in others:
+        for key in p1:
+            np.testing.assert_array_equal(p3[key], p1[key], err_msg=key)
+        assert set(s1) == set(s3)
+        for key in s1:
+            np.testing.assert_array_equal(s3[key], s1[key], err_msg=key)

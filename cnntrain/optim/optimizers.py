@@ -34,7 +34,14 @@ def decays(name: str) -> bool:
     return name.endswith(".W")
 
 
-THREADED_MIN = 1 << 17  # elements of a parameter worth updating on several threads
+# A large parameter is updated BLOCK elements at a time: each state array's block then stays in cache
+# through the rule's dozen passes, where a whole parameter's state is read from memory at every pass.
+# Adam in real data parallel steps (2026-12-03, a busy host), blocks on one thread against whole
+# parameters on two: keras_mnist (1.2M parameters) 13.8 -> 8.4 ms, mnist_bn_dropout 1.85 -> 1.52,
+# cifar10_cnn 1.43 -> 1.33; whole steps of keras_mnist 5.7% faster. Two threads, blocks or not, were
+# no faster than one in those steps; on one 5M-20M-element parameter alone they were 25% faster.
+BLOCK = 1 << 16
+THREADED_MIN = 1 << 22  # elements of a parameter worth updating on several threads
 _slots_lock = threading.Lock()
 
 
@@ -58,9 +65,10 @@ class _FlatState:
 class Optimizer:
     """Base: holds lr, weight_decay (L2 added to the gradient: g + wd * p) and per-parameter slots.
 
-    Every rule is elementwise, so with `threads` > 1 (the run's BLAS thread count, set by the
-    thread policy) a large parameter is updated in pieces on that many threads: NumPy releases
-    the GIL inside each pass, and the values are the same bit for bit.
+    Every rule is elementwise, so a large parameter is updated in blocks of BLOCK elements, and
+    with `threads` > 1 (the run's BLAS thread count, set by the thread policy) one of THREADED_MIN
+    or more in pieces on that many threads (NumPy releases the GIL inside each pass): the values
+    are the same bit for bit.
     """
 
     def __init__(self, lr: float = 0.01, weight_decay: float = 0.0):
@@ -131,20 +139,28 @@ class Optimizer:
 
     def _update(self, name: str, p: np.ndarray, g: np.ndarray, lr: float) -> None:
         g = self.gradient(name, p, g)
-        if self.threads > 1 and p.size >= THREADED_MIN and p.flags.c_contiguous and g.flags.c_contiguous:
-            self._update_in_pieces(name, p, g, lr)
-        else:
+        if p.size <= BLOCK or not (p.flags.c_contiguous and g.flags.c_contiguous):
             self.update(name, p, g, lr)
-
-    def _update_in_pieces(self, name: str, p: np.ndarray, g: np.ndarray, lr: float) -> None:
+            return
+        threads = self.threads if p.size >= THREADED_MIN else 1
         flat_p, flat_g = p.reshape(-1), g.reshape(-1)
-        step = -(-p.size // self.threads)
-        pieces = [slice(start, start + step) for start in range(0, p.size, step)]  # one per thread
+        step = -(-p.size // threads)
+        pieces = [(start, min(start + step, p.size)) for start in range(0, p.size, step)]  # one per thread
         self._whole[name] = p
         try:
-            list(thread_pool("optim", self.threads).map(lambda piece: self.update(name, flat_p[piece], flat_g[piece], lr), pieces))
+            if threads == 1:
+                self._update_blocks(name, flat_p, flat_g, 0, p.size, lr)
+            else:
+                list(thread_pool("optim", threads).map(
+                    lambda piece: self._update_blocks(name, flat_p, flat_g, *piece, lr), pieces))
         finally:
             del self._whole[name]
+
+    def _update_blocks(self, name: str, p: np.ndarray, g: np.ndarray, start: int, stop: int, lr: float) -> None:
+        """update() over p[start:stop] (flat), BLOCK elements at a time."""
+        for a in range(start, stop, BLOCK):
+            b = min(a + BLOCK, stop)
+            self.update(name, p[a:b], g[a:b], lr)
 
     def gradient(self, name: str, p: np.ndarray, g: np.ndarray) -> np.ndarray:
         """The gradient the rule sees: coupled L2, g + weight_decay * p, on weights only."""

@@ -135,15 +135,15 @@ def test_signal_saves_a_checkpoint_and_resume_matches(tmp_path, straight, sig, c
 
 @pytest.mark.slow
 def test_sigkill_at_random_moments_never_breaks_last_npz(tmp_path):
-    """Kill the training process 20 times at random instants; every last.npz loads and resuming ends
-    exactly where an uninterrupted run ends."""
+    """Kill the training process 12 times at random instants; every last.npz loads and resuming ends
+    exactly where an uninterrupted run ends. (20 kills took 80 s of a 9-minute suite on a busy host.)"""
     rng = random.Random(0)
     runs = tmp_path / "runs"
-    # long enough (about 8 s of training) that 20 kills land before it ends, however fast the machine
+    # long enough (about 8 s of training) that 12 kills land before it ends, however fast the machine
     cfg = write_config(tmp_path, CONFIG.replace("epochs: 2, batch_size: 16", "epochs: 30, batch_size: 8"))
     kills, loads, budget = 0, 0, time.monotonic() + 120
     run_dir = None
-    while kills < 20 and time.monotonic() < budget:
+    while kills < 12 and time.monotonic() < budget:
         has_checkpoint = run_dir is not None and (run_dir / "checkpoints" / "last.npz").exists()
         if has_checkpoint:
             args = ["run", "--resume", run_dir]
@@ -170,7 +170,7 @@ def test_sigkill_at_random_moments_never_breaks_last_npz(tmp_path):
             loads += 1
         if run_dir is not None and json.loads((run_dir / "summary.json").read_text()).get("status") == "completed":
             break
-    assert kills >= 10 and loads >= 5, f"only {kills} kills landed, {loads} checkpoints loaded"
+    assert kills >= 8 and loads >= 4, f"only {kills} kills landed, {loads} checkpoints loaded"
     result = invoke("run", "--resume", run_dir)
     if result.exit_code == 2:  # the last cycle happened to finish training
         assert "already trained" in result.output

@@ -357,7 +357,7 @@ def test_batchnorm_scale_and_shift_after_the_max_pool_change_no_value_forward_or
 def test_a_first_conv_takes_its_pooled_batchnorms_gradient_in_parts(monkeypatch, filters, use_bias, path):
     """conv-batchnorm-relu-maxpool first: the conv's weight gradient comes from the pool's parts and the
     batchnorm's affine term (im2col), or from dx built from them (other kernels); values as layer by layer."""
-    from cnntrain.layers import channels_last
+    from cnntrain.layers import maxpool_kernels
 
     specs = [("conv2d", {"filters": filters, "kernel_size": 3, "padding": "same", "use_bias": use_bias})]
     specs += BN_POOL_SPECS[1:]
@@ -367,8 +367,8 @@ def test_a_first_conv_takes_its_pooled_batchnorms_gradient_in_parts(monkeypatch,
     fused, plain = (build_model(specs, (1, 8, 8), np.random.default_rng(0)).astype(np.float64) for _ in range(2))
     used = []
     for method in ("weight_grad", "dense"):
-        original = getattr(channels_last.PooledGrad, method)
-        monkeypatch.setattr(channels_last.PooledGrad, method,
+        original = getattr(maxpool_kernels.PooledGrad, method)
+        monkeypatch.setattr(maxpool_kernels.PooledGrad, method,
                             lambda self, *a, _m=method, _f=original: used.append(_m) or _f(self, *a))
     fused.forward(x, training=True)
     fused.backward(dy)

@@ -12,7 +12,7 @@ import itertools
 import numpy as np
 import pytest
 
-from cnntrain.layers import channels_last, geometry, winograd
+from cnntrain.layers import channels_last, geometry, maxpool_kernels, winograd
 from cnntrain.layers import reference as ref
 from cnntrain.registry import LAYERS
 from gradcheck import numeric_grad, rel_error
@@ -399,7 +399,7 @@ MAXPOOL_CASES = [
 
 
 def takes_tiled_maxpool_path(layer):
-    """The condition of channels_last.maxpool_nhwc's fast path, for this built layer."""
+    """The condition of maxpool_kernels.maxpool_nhwc's fast path, for this built layer."""
     C, OH, OW = layer.out_shape
     (t, b), (l, r) = layer.pads
     H, W = layer.in_shape[1] + t + b, layer.in_shape[2] + l + r
@@ -416,27 +416,27 @@ def test_maxpool_cases_cover_both_paths():
 def test_tiling_maxpool_backward_runs_over_rows_without_ties_and_hands_ties_to_the_loop():
     rng = np.random.default_rng(0)
     xp = rng.standard_normal((2, 6, 8, 3))
-    y = channels_last.maxpool_nhwc(xp, (2, 2), (2, 2), (3, 4))
+    y = maxpool_kernels.maxpool_nhwc(xp, (2, 2), (2, 2), (3, 4))
     dy = rng.standard_normal(y.shape)
-    fast = channels_last.tiling_maxpool_backward_nhwc(xp, y, dy, (2, 2))
+    fast = maxpool_kernels.tiling_maxpool_backward_nhwc(xp, y, dy, (2, 2))
     assert fast is not None
-    np.testing.assert_array_equal(fast, channels_last.maxpool_backward_nhwc(xp, y, dy, (2, 2), (2, 2)))
+    np.testing.assert_array_equal(fast, maxpool_kernels.maxpool_backward_nhwc(xp, y, dy, (2, 2), (2, 2)))
     xp[0, :2, :2, 0] = 1.5  # one window of four equal maxima: only the first may get dy
-    y = channels_last.maxpool_nhwc(xp, (2, 2), (2, 2), (3, 4))
-    assert channels_last.tiling_maxpool_backward_nhwc(xp, y, dy, (2, 2)) is None
-    dx = channels_last.maxpool_backward_nhwc(xp, y, dy, (2, 2), (2, 2))
+    y = maxpool_kernels.maxpool_nhwc(xp, (2, 2), (2, 2), (3, 4))
+    assert maxpool_kernels.tiling_maxpool_backward_nhwc(xp, y, dy, (2, 2)) is None
+    dx = maxpool_kernels.maxpool_backward_nhwc(xp, y, dy, (2, 2), (2, 2))
     assert dx[0, :2, :2, 0].tolist() == [[dy[0, 0, 0, 0], 0], [0, 0]]
     # a tie under a zero dy (a ReLU after the pool that is off there) routes nothing either way
     dy[0, 0, 0, 0] = 0.0
-    fast = channels_last.tiling_maxpool_backward_nhwc(xp, y, dy, (2, 2))
+    fast = maxpool_kernels.tiling_maxpool_backward_nhwc(xp, y, dy, (2, 2))
     assert fast is not None
-    np.testing.assert_array_equal(fast, channels_last.maxpool_backward_nhwc(xp, y, dy, (2, 2), (2, 2)))
+    np.testing.assert_array_equal(fast, maxpool_kernels.maxpool_backward_nhwc(xp, y, dy, (2, 2), (2, 2)))
     # a window without a hit (NaN) must not hide another's tie of two from the counts
     xp[0, :2, :2, 0] = [[1.5, 1.5], [-9.0, -9.0]]
     xp[1, :2, :2, 1] = np.nan
     dy[0, 0, 0, 0] = 1.0
-    y = channels_last.maxpool_nhwc(xp, (2, 2), (2, 2), (3, 4))
-    assert channels_last.tiling_maxpool_backward_nhwc(xp, y, dy, (2, 2)) is None
+    y = maxpool_kernels.maxpool_nhwc(xp, (2, 2), (2, 2), (3, 4))
+    assert maxpool_kernels.tiling_maxpool_backward_nhwc(xp, y, dy, (2, 2)) is None
 
 
 @pytest.mark.parametrize("channels", [1, 5], ids=["transposed-columns", "columns"])
@@ -455,10 +455,10 @@ def test_pooled_grad_parts_give_the_pools_gradient_and_the_convs_weight_gradient
     blocks = [blocks[0][k * H * W : (k + 1) * H * W] for k in range(3)]
     y = ym.reshape(3, H, W, F)
     y[0, :2, :2] = 0.5  # a window of four equal maxima in every channel
-    pooled = channels_last.maxpool_nhwc(y, (2, 2), (2, 2), (H // 2, W // 2))
+    pooled = maxpool_kernels.maxpool_nhwc(y, (2, 2), (2, 2), (H // 2, W // 2))
     dy = rng.standard_normal(pooled.shape)
-    grad = channels_last.maxpool_backward_parts_nhwc(y, pooled, dy, (2, 2))
-    routed = channels_last.maxpool_backward_nhwc(y, pooled, dy, (2, 2), (2, 2))
+    grad = maxpool_kernels.maxpool_backward_parts_nhwc(y, pooled, dy, (2, 2))
+    routed = maxpool_kernels.maxpool_backward_nhwc(y, pooled, dy, (2, 2), (2, 2))
     if affine:
         other, scale, shift = rng.standard_normal(y.shape), rng.standard_normal(F), rng.standard_normal(F)
         grad.affine = (other, scale, shift)

@@ -8,9 +8,10 @@ import numpy as np
 
 from ..init import make_init
 from ..registry import LAYERS
-from .channels_last import (FEW_CHANNELS, PooledGrad, banded_weight_grad, column_sums, conv_forward_banded_nhwc,
+from .channels_last import (FEW_CHANNELS, banded_weight_grad, column_sums, conv_forward_banded_nhwc,
                              conv_forward_nhwc, conv_input_grad_flipped_nhwc, conv_input_grad_nhwc,
                              conv_input_grad_shifts_nhwc, nchw, nhwc, pad_nhwc)
+from .maxpool_kernels import PooledGrad
 from .winograd import F2x2, F4x4, conv_forward_winograd_nhwc, tiles_for, winograd_backward
 from .geometry import out_size, resolve_padding
 from .base import Layer, check_shape, pair
@@ -116,7 +117,7 @@ class Conv2D(Layer):
 
     new_output = True  # forward returns an array of its own (Sequential may apply the next activation in place)
     new_grad = True
-    takes_pooled_grad = True  # backward_params accepts a max pool's channels_last.PooledGrad
+    takes_pooled_grad = True  # backward_params accepts a max pool's maxpool_kernels.PooledGrad
 
     def __init__(self, filters: int, kernel_size=3, stride=1, padding="valid", dilation=1,
                  use_bias: bool = True, init="he_normal"):
@@ -205,7 +206,7 @@ class Conv2D(Layer):
 
     def backward_params(self, dy):
         """Parameter gradients only, for a first layer, whose input needs none. dy may be a max pool's
-        channels_last.PooledGrad: im2col's column blocks then take the weight gradient from its parts."""
+        maxpool_kernels.PooledGrad: im2col's column blocks then take the weight gradient from its parts."""
         if isinstance(dy, PooledGrad):
             if forward_method(self) != "im2col":
                 dy = nchw(dy.dense())

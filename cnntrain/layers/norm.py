@@ -169,7 +169,7 @@ class BatchNorm(Layer):
     def backward_pooled(self, dy, pool, overwrite=False, parts=False):
         """The backward of forward_pooled: dy is the gradient of its (pooled) output (overwritten
         with a * dy when overwrite). With parts, where the pool's windows tile its input, dx comes
-        as a channels_last.PooledGrad (the routed a * dy less b * xc + c), for a first convolution's
+        as a maxpool_kernels.PooledGrad (the routed a * dy less b * xc + c), for a first convolution's
         weight gradient, which then never needs dx itself."""
         xc, inv_std, m, T, pooled = self._pop_cache()
         (dym, P), (pm, _) = self._rows(dy), self._rows(pooled)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..registry import LAYERS
-from .channels_last import (PooledGrad, maxpool_backward_nhwc, maxpool_backward_parts_nhwc, maxpool_nhwc, nchw, nhwc,
-                             pad_nhwc, tiling_maxpool_backward_nhwc, windows_tile)
+from .channels_last import nchw, nhwc, pad_nhwc
+from .maxpool_kernels import (PooledGrad, maxpool_backward_nhwc, maxpool_backward_parts_nhwc, maxpool_nhwc,
+                              tiling_maxpool_backward_nhwc, windows_tile)
 
 ROWS_RETRY = 100  # max-pool backward passes between tries of the row-wise gradient after a tie
 from .geometry import out_size, pad, resolve_padding, unpad

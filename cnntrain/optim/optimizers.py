@@ -144,15 +144,17 @@ class Optimizer:
             return
         threads = self.threads if p.size >= THREADED_MIN else 1
         flat_p, flat_g = p.reshape(-1), g.reshape(-1)
-        step = -(-p.size // threads)
-        pieces = [(start, min(start + step, p.size)) for start in range(0, p.size, step)]  # one per thread
+        step = -(-p.size // threads)  # a piece per thread
+
+        def piece(start: int) -> None:
+            self._update_blocks(name, flat_p, flat_g, start, min(start + step, p.size), lr)
+
         self._whole[name] = p
         try:
             if threads == 1:
-                self._update_blocks(name, flat_p, flat_g, 0, p.size, lr)
+                piece(0)  # here: handing it to a pool thread would only add a hand-off
             else:
-                list(thread_pool("optim", threads).map(
-                    lambda piece: self._update_blocks(name, flat_p, flat_g, *piece, lr), pieces))
+                list(thread_pool("optim", threads).map(piece, range(0, p.size, step)))
         finally:
             del self._whole[name]
 
